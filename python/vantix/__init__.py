@@ -1,0 +1,23 @@
+"""Vantix: pack an image dataset once, then feed PyTorch from memory-mapped, shuffled batches.
+
+    >>> import vantix
+    >>> vantix.pack("train", "train.vtx", size=224)            # once
+    >>> loader = vantix.VantixLoader("train.vtx", batch_size=256, shuffle=True)
+    >>> for images, labels in loader:                            # uint8 [B, H, W, 3], int64 [B]
+    ...     ...
+"""
+
+from ._native import VantixError, __version__
+from .data import VantixDataset, VantixLoader
+from .packing import PackReport, inspect, pack, verify
+
+__all__ = [
+    "PackReport",
+    "VantixDataset",
+    "VantixError",
+    "VantixLoader",
+    "__version__",
+    "inspect",
+    "pack",
+    "verify",
+]

@@ -1,0 +1,262 @@
+"""``VantixDataset`` (map-style) and ``VantixLoader`` (prefetched, shuffled batches)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+
+from . import _native
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_TORCH: Any = None
+
+
+def _torch() -> Any:
+    """``torch`` when it can be imported, else ``None`` (looked up once)."""
+    global _TORCH
+    if _TORCH is None:
+        try:
+            import torch
+        except ImportError:
+            _TORCH = False
+        else:
+            _TORCH = torch
+    return _TORCH or None
+
+
+class VantixDataset:
+    """A packed dataset as a map-style dataset: ``ds[i] -> (image, label)``.
+
+    ``image`` is a new ``numpy.uint8`` array of shape ``(H, W, 3)`` (RGB) and ``label`` an
+    ``int``, unless ``transform`` / ``target_transform`` change them (as in torchvision). It
+    works with a plain ``torch.utils.data.DataLoader``, with any number of workers (fork or
+    spawn: it pickles as its path and reopens).
+
+    Args:
+        path: the dataset directory made by ``vantix-pack`` (e.g. ``"train.vtx"``).
+        transform: optional callable applied to each image.
+        target_transform: optional callable applied to each label.
+
+    Raises:
+        VantixError: the dataset is missing, truncated or damaged (checked at open).
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        transform: Optional[Callable[[np.ndarray], Any]] = None,
+        target_transform: Optional[Callable[[int], Any]] = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.transform = transform
+        self.target_transform = target_transform
+        self._native = _native.Dataset(self.path)
+        self.classes: list[str] = self._native.classes
+        self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
+        self._targets: Optional[list[int]] = None
+
+    def __len__(self) -> int:
+        return len(self._native)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        n = len(self._native)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {index} is out of range for a dataset of {n} samples")
+        image, label = self._native.get(i)
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return image, label
+
+    @property
+    def num_samples(self) -> int:
+        """Number of images."""
+        return len(self._native)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(height, width, channels)`` of every image."""
+        return self._native.shape
+
+    @property
+    def targets(self) -> list[int]:
+        """The label of every sample, as torchvision's ``ImageFolder.targets``."""
+        if self._targets is None:
+            self._targets = self._native.labels().tolist()
+        return self._targets
+
+    def verify(self) -> None:
+        """Recompute all checksums; raises ``VantixError`` naming a damaged shard and record."""
+        self._native.verify()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "transform": self.transform,
+            "target_transform": self.target_transform,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["transform"], state["target_transform"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        h, w, c = self.shape
+        return (
+            f"VantixDataset({self.path!r}, num_samples={len(self)}, "
+            f"classes={len(self.classes)}, shape=({h}, {w}, {c}))"
+        )
+
+
+def _distributed_defaults(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
+    """``rank``/``world_size`` from the arguments, ``torch.distributed`` or torchrun's env."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    torch = _torch()
+    if torch is not None:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            r = dist.get_rank() if rank is None else rank
+            w = dist.get_world_size() if world_size is None else world_size
+            return r, w
+    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    r = rank if rank is not None else int(env_rank) if env_rank is not None else 0
+    w = world_size if world_size is not None else int(env_world) if env_world is not None else 1
+    return r, w
+
+
+class VantixLoader:
+    """Shuffled, prefetched batches of a packed dataset, assembled in Rust.
+
+    Iterating yields ``(images, labels)``: images ``uint8`` of shape ``[B, H, W, 3]`` and labels
+    ``int64`` of shape ``[B]``, as torch tensors when torch is importable (sharing memory with
+    the batch buffer, no copy), numpy arrays otherwise. Each new pass over the loader starts the
+    next epoch (a new permutation); :meth:`set_epoch` overrides it.
+
+    Args:
+        path: dataset directory (or an open :class:`VantixDataset`).
+        batch_size: samples per batch.
+        shuffle: a new random permutation of the whole dataset every epoch (a true global
+            shuffle); ``False`` keeps the packed order.
+        seed: the permutation is a pure function of ``(seed, epoch)``.
+        drop_last: drop the last incomplete batch of an epoch.
+        prefetch: batches kept ready by the background thread.
+        num_threads: threads assembling a batch (default: all cores).
+        rank: this process's rank; default from ``torch.distributed`` or ``RANK``, else 0.
+        world_size: number of ranks; default from ``torch.distributed`` or ``WORLD_SIZE``,
+            else 1. Each rank reads its own share of the same permutation.
+
+    Raises:
+        VantixError: the dataset cannot be opened or an option is invalid.
+    """
+
+    def __init__(
+        self,
+        path: Union[PathLike, VantixDataset],
+        batch_size: int = 256,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        prefetch: int = 3,
+        num_threads: Optional[int] = None,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+    ) -> None:
+        self.dataset = path if isinstance(path, VantixDataset) else VantixDataset(path)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.prefetch = prefetch
+        self.num_threads = num_threads
+        self.rank, self.world_size = _distributed_defaults(rank, world_size)
+        for name, value, low in (("batch_size", batch_size, 1), ("prefetch", prefetch, 1)):
+            if not isinstance(value, int) or value < low:
+                raise _native.VantixError(f"{name} must be an int >= {low}, got {value!r}")
+        if seed < 0:
+            raise _native.VantixError(f"seed must be >= 0, got {seed}")
+        self._native = _native.Loader(
+            self.dataset._native,
+            batch_size,
+            shuffle,
+            seed,
+            drop_last,
+            prefetch,
+            num_threads,
+            self.rank,
+            self.world_size,
+        )
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank."""
+        return len(self._native)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next pass over the loader will yield."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass yield ``epoch`` (as ``DistributedSampler.set_epoch``)."""
+        if epoch < 0:
+            raise _native.VantixError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """Dataset indices this rank sees in ``epoch``, in batch order (int64)."""
+        return self._native.epoch_indices(epoch)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.dataset.classes
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return self.dataset.class_to_idx
+
+    @property
+    def num_samples(self) -> int:
+        """Images in the dataset (all ranks)."""
+        return self.dataset.num_samples
+
+    def __iter__(self) -> _BatchIterator:
+        epoch = self._epoch
+        self._epoch += 1
+        return _BatchIterator(self._native.iter_epoch(epoch, 0), epoch)
+
+    def __repr__(self) -> str:
+        return (
+            f"VantixLoader({self.dataset.path!r}, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, "
+            f"rank={self.rank}, world_size={self.world_size})"
+        )
+
+
+class _BatchIterator:
+    """One epoch of batches. Dropping it (or :meth:`close`) stops the prefetch thread."""
+
+    def __init__(self, native: Any, epoch: int) -> None:
+        self._native = native
+        self.epoch = epoch
+        self._torch = _torch()
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        return self
+
+    def __next__(self) -> tuple[Any, Any]:
+        images, labels, _indices = next(self._native)
+        torch = self._torch
+        if torch is not None:
+            return torch.from_numpy(images), torch.from_numpy(labels)
+        return images, labels
+
+    def close(self) -> None:
+        """Stop the background thread now."""
+        self._native.close()

@@ -1,0 +1,135 @@
+"""``vantix.pack``: the packer as a function (the same engine as the ``vantix-pack`` CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
+
+from . import _native
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS * 2``).
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+@dataclass(frozen=True)
+class PackReport:
+    """What :func:`pack` did."""
+
+    path: str
+    num_samples: int
+    classes: list[str]
+    #: ``(relative path, reason)`` of every source file that could not be packed.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    num_shards: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+
+def _size_to_wh(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    values = list(size)
+    if len(values) == 1:
+        return values[0], values[0]
+    if len(values) != 2:
+        raise _native.VantixError(f"size must be an int or (height, width), got {size!r}")
+    height, width = values
+    return width, height
+
+
+def pack(
+    src: PathLike,
+    dst: PathLike,
+    size: int | Sequence[int] = 224,
+    *,
+    mode: str = "center-crop",
+    interpolation: str = "bilinear",
+    pad_color: Sequence[int] = (0, 0, 0),
+    codec: str = "raw",
+    level: int = 3,
+    shard_size: int | str = "512M",
+    num_threads: int | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> PackReport:
+    """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
+
+    Files, classes and labels are exactly those of ``torchvision.datasets.ImageFolder(src)``.
+    Every image is decoded (by content, not extension), converted to RGB as Pillow's
+    ``convert("RGB")`` does (16-bit images are scaled, not clipped) and resized once.
+
+    Args:
+        src: ImageFolder root: ``src/<class>/**/<image>``.
+        dst: output directory, e.g. ``"train.vtx"``. Written atomically.
+        size: output size, an int (square) or ``(height, width)`` as in torchvision.
+        mode: ``"center-crop"`` (``Resize(size)`` + ``CenterCrop(size)``, the default),
+            ``"squash"`` (straight to the size) or ``"pad"`` (fit inside, pad with ``pad_color``).
+        interpolation: ``"bilinear"`` (torchvision's default), ``"bicubic"``, ``"lanczos"``,
+            ``"nearest"``, ``"box"`` or ``"hamming"``; antialiased like Pillow.
+        pad_color: RGB fill for ``mode="pad"``.
+        codec: ``"raw"`` (fastest reads) or ``"zstd"`` (smaller, compressed with ``level``).
+        level: zstd level, 1-22.
+        shard_size: target bytes per shard file, an int or a string like ``"512M"``.
+        num_threads: worker threads (default: all cores).
+        strict: raise on the first unreadable file instead of skipping and reporting it.
+        overwrite: replace ``dst`` if it exists.
+        progress: draw a progress bar on stderr (when it is a terminal).
+        max_pixels: largest accepted source image in pixels (decompression-bomb guard).
+
+    Returns:
+        A :class:`PackReport`. Skipped files are also printed to stderr and listed in the
+        manifest.
+
+    Raises:
+        VantixError: bad options, an unreadable source folder, an existing ``dst`` without
+            ``overwrite``, or (with ``strict``) the first unreadable image.
+    """
+    width, height = _size_to_wh(size)
+    if isinstance(shard_size, str):
+        shard_size = _native.parse_bytes(shard_size)
+    r = _native.pack(
+        os.fspath(src),
+        os.fspath(dst),
+        width,
+        height,
+        mode,
+        interpolation,
+        tuple(pad_color),
+        codec,
+        level,
+        int(shard_size),
+        num_threads,
+        strict,
+        overwrite,
+        progress,
+        max_pixels,
+    )
+    return PackReport(
+        path=os.fspath(r["path"]),
+        num_samples=r["num_samples"],
+        classes=list(r["classes"]),
+        skipped=[tuple(s) for s in r["skipped"]],
+        num_shards=r["num_shards"],
+        bytes_written=r["bytes_written"],
+        seconds=r["seconds"],
+    )
+
+
+def verify(path: PathLike) -> None:
+    """Recompute every checksum of the dataset at ``path``.
+
+    Raises:
+        VantixError: naming the damaged shard (and record) or the file that fails to open.
+    """
+    _native.Dataset(os.fspath(path)).verify()
+
+
+def inspect(path: PathLike) -> dict[str, Any]:
+    """Summary of a dataset: samples per class, geometry, codec, sizes (``vantix-pack inspect``)."""
+    return json.loads(_native.Dataset(os.fspath(path)).summary_json())

@@ -1,0 +1,302 @@
+//! Decode one source file and resize it to the packed geometry, matching what torchvision does
+//! with a PIL image (`Image.open(f).convert("RGB")`, then `Resize`/`CenterCrop`).
+//!
+//! Deliberate differences from Pillow, documented in the README:
+//! - 16-bit images are scaled to 8 bits (`v / 257`, rounded). Pillow's `convert("RGB")` clips
+//!   them at 255, which turns most 16-bit photographs white.
+
+use std::cell::RefCell;
+use std::io::Cursor;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+
+/// How an image is brought to the packed `W x H`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// Resize the shorter side to cover `W x H`, then crop the centre (torchvision's evaluation
+    /// transform `Resize(S)` + `CenterCrop(S)` for a square target).
+    CenterCrop,
+    /// Resize straight to `W x H`, ignoring the aspect ratio.
+    Squash,
+    /// Resize to fit inside `W x H`, then pad the borders with a colour.
+    Pad,
+}
+
+impl ResizeMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ResizeMode::CenterCrop => "center-crop",
+            ResizeMode::Squash => "squash",
+            ResizeMode::Pad => "pad",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "center-crop" | "center_crop" => Some(ResizeMode::CenterCrop),
+            "squash" => Some(ResizeMode::Squash),
+            "pad" => Some(ResizeMode::Pad),
+            _ => None,
+        }
+    }
+}
+
+/// Resampling filter, in torchvision's `InterpolationMode` words. All but `nearest` are
+/// antialiased convolutions, as Pillow's `resize` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpolation {
+    Nearest,
+    Bilinear,
+    Bicubic,
+    Lanczos,
+    Box,
+    Hamming,
+}
+
+impl Interpolation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Interpolation::Nearest => "nearest",
+            Interpolation::Bilinear => "bilinear",
+            Interpolation::Bicubic => "bicubic",
+            Interpolation::Lanczos => "lanczos",
+            Interpolation::Box => "box",
+            Interpolation::Hamming => "hamming",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "nearest" => Interpolation::Nearest,
+            "bilinear" => Interpolation::Bilinear,
+            "bicubic" => Interpolation::Bicubic,
+            "lanczos" => Interpolation::Lanczos,
+            "box" => Interpolation::Box,
+            "hamming" => Interpolation::Hamming,
+            _ => return None,
+        })
+    }
+    fn alg(self) -> ResizeAlg {
+        match self {
+            Interpolation::Nearest => ResizeAlg::Nearest,
+            Interpolation::Bilinear => ResizeAlg::Convolution(FilterType::Bilinear),
+            // Pillow's BICUBIC is the a = -0.5 cubic, i.e. Catmull-Rom.
+            Interpolation::Bicubic => ResizeAlg::Convolution(FilterType::CatmullRom),
+            Interpolation::Lanczos => ResizeAlg::Convolution(FilterType::Lanczos3),
+            Interpolation::Box => ResizeAlg::Convolution(FilterType::Box),
+            Interpolation::Hamming => ResizeAlg::Convolution(FilterType::Hamming),
+        }
+    }
+}
+
+/// Everything that decides the pixels of a packed record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResizeSpec {
+    pub width: u32,
+    pub height: u32,
+    pub mode: ResizeMode,
+    pub interpolation: Interpolation,
+    pub pad_color: [u8; 3],
+    /// Largest accepted `width * height` of a source image (decompression-bomb guard).
+    pub max_pixels: u64,
+}
+
+/// Pillow's `Image.MAX_IMAGE_PIXELS * 2`, the size at which Pillow refuses to open an image.
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+
+/// Python's `round()` of `x / 2`: halves go to the even neighbour, as `CenterCrop` does.
+fn half_round_even(x: u32) -> u32 {
+    (x as f64 / 2.0).round_ties_even() as u32
+}
+
+/// Size of the intermediate resize for `mode`, torchvision's rule: the side that is fixed gets
+/// exactly its target, the other `int(target * other / side)` (truncated).
+pub fn resized_size(src_w: u32, src_h: u32, spec: &ResizeSpec) -> (u32, u32) {
+    let (tw, th) = (spec.width as u64, spec.height as u64);
+    let (w, h) = (src_w as u64, src_h as u64);
+    // Compare tw/w against th/h without floating point.
+    let width_bound = tw * h >= th * w; // scaling by tw/w reaches at least th in height
+    let (nw, nh) = match spec.mode {
+        ResizeMode::Squash => (tw, th),
+        ResizeMode::CenterCrop if width_bound => (tw, tw * h / w),
+        ResizeMode::CenterCrop => (th * w / h, th),
+        ResizeMode::Pad if width_bound => (th * w / h, th),
+        ResizeMode::Pad => (tw, tw * h / w),
+    };
+    (nw.max(1) as u32, nh.max(1) as u32)
+}
+
+thread_local! {
+    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+}
+
+/// Resize an RGB image to `spec` (HWC uint8, `width * height * 3` bytes).
+pub fn resize_rgb(
+    src: Vec<u8>,
+    src_w: u32,
+    src_h: u32,
+    spec: &ResizeSpec,
+) -> Result<Vec<u8>, String> {
+    let (nw, nh) = resized_size(src_w, src_h, spec);
+    let resized = if (nw, nh) == (src_w, src_h) {
+        src
+    } else {
+        let src_img =
+            Image::from_vec_u8(src_w, src_h, src, PixelType::U8x3).map_err(|e| e.to_string())?;
+        let mut dst = Image::new(nw, nh, PixelType::U8x3);
+        let opts = ResizeOptions::new().resize_alg(spec.interpolation.alg());
+        RESIZER
+            .with(|r| r.borrow_mut().resize(&src_img, &mut dst, &opts))
+            .map_err(|e| e.to_string())?;
+        dst.into_vec()
+    };
+    let (tw, th) = (spec.width, spec.height);
+    if (nw, nh) == (tw, th) {
+        return Ok(resized);
+    }
+    let row = 3 * tw as usize;
+    let mut out = Vec::with_capacity(row * th as usize);
+    match spec.mode {
+        ResizeMode::Squash => unreachable!("squash always resizes to the target"),
+        ResizeMode::CenterCrop => {
+            let top = half_round_even(nh - th) as usize;
+            let left = half_round_even(nw - tw) as usize;
+            let src_row = 3 * nw as usize;
+            for y in top..top + th as usize {
+                let s = y * src_row + 3 * left;
+                out.extend_from_slice(&resized[s..s + row]);
+            }
+        }
+        ResizeMode::Pad => {
+            let top = half_round_even(th - nh) as usize;
+            let left = half_round_even(tw - nw) as usize;
+            let fill: Vec<u8> = spec.pad_color.iter().copied().cycle().take(row).collect();
+            let src_row = 3 * nw as usize;
+            for y in 0..th as usize {
+                if y < top || y >= top + nh as usize {
+                    out.extend_from_slice(&fill);
+                } else {
+                    let s = (y - top) * src_row;
+                    out.extend_from_slice(&fill[..3 * left]);
+                    out.extend_from_slice(&resized[s..s + src_row]);
+                    out.extend_from_slice(&fill[..row - 3 * left - src_row]);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decode an encoded image (format from its content, not its name) to 8-bit RGB, as Pillow's
+/// `convert("RGB")`: grey is replicated, alpha is dropped (not composited), palettes are
+/// expanded, CMYK is converted, 16-bit is scaled.
+pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32), String> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("not a recognised image format".into());
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(format!("image has an empty size {w}x{h}"));
+    }
+    if w as u64 * h as u64 > max_pixels {
+        return Err(format!(
+            "image is {w}x{h} = {} pixels, over the limit of {max_pixels} (possible decompression bomb; raise --max-pixels to allow)",
+            w as u64 * h as u64
+        ));
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some((max_pixels * 16).max(512 << 20));
+    decoder.set_limits(limits).map_err(|e| e.to_string())?;
+    let img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    let rgb = match img {
+        DynamicImage::ImageRgb8(i) => i,
+        other => other.to_rgb8(),
+    };
+    let (w, h) = rgb.dimensions();
+    Ok((rgb.into_raw(), w, h))
+}
+
+/// Decode and resize one file's bytes into a packed record. A panic inside a decoder (they can
+/// panic on hostile input) is caught and reported as an error for this file only.
+pub fn process(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
+    let run = || {
+        let (rgb, w, h) = decode_rgb(bytes, spec.max_pixels)?;
+        resize_rgb(rgb, w, h, spec)
+    };
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(format!("decoder panicked: {msg}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(w: u32, h: u32, mode: ResizeMode) -> ResizeSpec {
+        ResizeSpec {
+            width: w,
+            height: h,
+            mode,
+            interpolation: Interpolation::Bilinear,
+            pad_color: [1, 2, 3],
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+
+    #[test]
+    fn torchvision_resize_rule() {
+        // Resize(224) on 500x375: short side 224, long int(224 * 500 / 375) = 298.
+        assert_eq!(
+            resized_size(500, 375, &spec(224, 224, ResizeMode::CenterCrop)),
+            (298, 224)
+        );
+        assert_eq!(
+            resized_size(375, 500, &spec(224, 224, ResizeMode::CenterCrop)),
+            (224, 298)
+        );
+        assert_eq!(
+            resized_size(500, 375, &spec(224, 224, ResizeMode::Pad)),
+            (224, 168)
+        );
+        assert_eq!(
+            resized_size(500, 375, &spec(100, 50, ResizeMode::Squash)),
+            (100, 50)
+        );
+        assert_eq!(half_round_even(1), 0);
+        assert_eq!(half_round_even(3), 2);
+        assert_eq!(half_round_even(5), 2);
+    }
+
+    #[test]
+    fn pad_fills_borders() {
+        let src = vec![200u8; 4 * 2 * 3];
+        let out = resize_rgb(src, 4, 2, &spec(4, 4, ResizeMode::Pad)).unwrap();
+        assert_eq!(out.len(), 4 * 4 * 3);
+        assert_eq!(&out[..3], &[1, 2, 3]);
+        assert_eq!(&out[4 * 3..4 * 3 + 3], &[200, 200, 200]);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(process(b"", &spec(8, 8, ResizeMode::Squash)).is_err());
+        assert!(process(b"hello world", &spec(8, 8, ResizeMode::Squash)).is_err());
+        assert!(process(
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+            &spec(8, 8, ResizeMode::Squash)
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! `vantix-pack`: compile a torchvision-style ImageFolder into a Vantix dataset.
+//!
+//! ```no_run
+//! use vantix_pack::{pack, PackOptions};
+//! let report = pack("train".as_ref(), "train.vtx".as_ref(), &PackOptions::default())?;
+//! println!("{} images packed", report.num_samples);
+//! # Ok::<(), vantix_read::Error>(())
+//! ```
+
+pub mod cli;
+pub mod imaging;
+pub mod inspect;
+pub mod pack;
+pub mod walk;
+pub mod writer;
+
+pub use imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
+pub use pack::{pack, PackOptions, PackReport, DEFAULT_SHARD_SIZE};
+pub use walk::{scan, ImageFolder, SourceFile, IMG_EXTENSIONS};
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            spec: ResizeSpec {
+                width: 224,
+                height: 224,
+                mode: ResizeMode::CenterCrop,
+                interpolation: Interpolation::Bilinear,
+                pad_color: [0, 0, 0],
+                max_pixels: DEFAULT_MAX_PIXELS,
+            },
+            codec: vantix_read::Codec::Raw,
+            shard_size: DEFAULT_SHARD_SIZE,
+            jobs: None,
+            strict: false,
+            overwrite: false,
+            progress: false,
+            report_skipped: true,
+        }
+    }
+}

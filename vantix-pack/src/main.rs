@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(vantix_pack::cli::run(std::env::args_os()));
+}

@@ -1,0 +1,327 @@
+//! The packer: ImageFolder in, dataset directory out.
+//!
+//! Files are processed in chunks of a bounded size: rayon decodes and resizes a chunk in
+//! parallel, then the records are written in dataset order. Memory therefore does not grow with
+//! the number of images, and the output does not depend on the number of threads.
+//! The dataset is built in a hidden sibling directory and renamed into place at the end.
+
+use std::cell::RefCell;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use vantix_read::format::{
+    Codec, Geometry, Manifest, PackSettings, ShardInfo, Skipped, FORMAT_VERSION, MANIFEST_FORMAT,
+    MANIFEST_NAME,
+};
+use vantix_read::{Error, Result};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::imaging::{process, ResizeSpec};
+use crate::walk::{scan, SourceFile};
+use crate::writer::ShardWriter;
+
+/// Name of the informational list of source files, in record order.
+pub const SOURCES_NAME: &str = "sources.json";
+
+/// Packing options (the CLI's flags and `vantix.pack`'s arguments).
+#[derive(Clone, Debug)]
+pub struct PackOptions {
+    pub spec: ResizeSpec,
+    pub codec: Codec,
+    /// Target size of one shard's data, in bytes.
+    pub shard_size: u64,
+    /// Worker threads (`None`: all cores).
+    pub jobs: Option<usize>,
+    /// Fail on the first unreadable file instead of skipping it.
+    pub strict: bool,
+    /// Replace an existing dataset at the output path.
+    pub overwrite: bool,
+    /// Draw a progress bar (only on an interactive terminal).
+    pub progress: bool,
+    /// Print each skipped file to stderr.
+    pub report_skipped: bool,
+}
+
+pub const DEFAULT_SHARD_SIZE: u64 = 512 << 20;
+
+/// What a pack did.
+#[derive(Clone, Debug)]
+pub struct PackReport {
+    pub output: PathBuf,
+    pub classes: Vec<String>,
+    pub num_samples: u64,
+    pub skipped: Vec<Skipped>,
+    pub shards: Vec<ShardInfo>,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// Removes the temporary directory unless the pack completed.
+struct TempDir(Option<PathBuf>);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Remove `.NAME.partial-PID` siblings left by packers that were killed.
+fn remove_stale_partials(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let fname = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = fname
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            if !pid_alive(pid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+fn encode(record: Vec<u8>, codec: Codec) -> std::result::Result<Vec<u8>, String> {
+    thread_local! {
+        static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    }
+    match codec {
+        Codec::Raw => Ok(record),
+        Codec::Zstd { level } => ZSTD.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                let c = zstd::bulk::Compressor::new(level).map_err(|e| e.to_string())?;
+                *slot = Some((level, c));
+            }
+            slot.as_mut()
+                .unwrap()
+                .1
+                .compress(&record)
+                .map_err(|e| format!("zstd: {e}"))
+        }),
+    }
+}
+
+fn source_list_hash(files: &[SourceFile]) -> String {
+    let mut h = Xxh3::new();
+    for f in files {
+        h.update(f.rel.as_os_str().as_bytes());
+        h.update(b"\0");
+        h.update(f.label.to_string().as_bytes());
+        h.update(b"\n");
+    }
+    format!("{:016x}", h.digest())
+}
+
+fn check_options(opts: &PackOptions) -> Result<()> {
+    let s = &opts.spec;
+    Geometry {
+        width: s.width,
+        height: s.height,
+        channels: 3,
+    }
+    .validate("--size")?;
+    if let Codec::Zstd { level } = opts.codec {
+        if !(1..=22).contains(&level) {
+            return Err(Error::invalid(format!(
+                "zstd level must be 1..=22, got {level}"
+            )));
+        }
+    }
+    if opts.jobs == Some(0) {
+        return Err(Error::invalid("jobs must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Pack the ImageFolder at `src` into a new dataset directory `dst`.
+pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
+    let start = Instant::now();
+    check_options(opts)?;
+    let dst_name = dst
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{}: not a valid output path", dst.display())))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::invalid(format!(
+            "{}: output folder does not exist",
+            parent.display()
+        )));
+    }
+    if dst.exists() && !opts.overwrite {
+        return Err(Error::invalid(format!(
+            "{}: already exists (pass --overwrite / overwrite=True to replace it)",
+            dst.display()
+        )));
+    }
+    let folder = scan(src)?;
+    remove_stale_partials(&parent, &dst_name);
+    let tmp_path = parent.join(format!(".{dst_name}.partial-{}", std::process::id()));
+    if tmp_path.exists() {
+        std::fs::remove_dir_all(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
+    }
+    std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
+    let mut tmp = TempDir(Some(tmp_path.clone()));
+
+    let spec = opts.spec;
+    let geometry = Geometry {
+        width: spec.width,
+        height: spec.height,
+        channels: 3,
+    };
+    let threads = opts
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("vantix-pack-{i}"))
+        .build()
+        .map_err(|e| Error::invalid(format!("cannot start {threads} threads: {e}")))?;
+
+    let bar = if opts.progress {
+        ProgressBar::with_draw_target(
+            Some(folder.files.len() as u64),
+            ProgressDrawTarget::stderr(),
+        )
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("packing");
+
+    let mut writer = ShardWriter::new(&tmp_path, geometry, opts.codec, opts.shard_size);
+    let mut skipped = Vec::new();
+    let mut packed_sources = Vec::with_capacity(folder.files.len());
+    let chunk = 64 * threads;
+    for files in folder.files.chunks(chunk) {
+        let results: Vec<_> = pool.install(|| {
+            files
+                .par_iter()
+                .map(|f| {
+                    let path = folder.root.join(&f.rel);
+                    let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+                    encode(process(&bytes, &spec)?, opts.codec)
+                })
+                .collect()
+        });
+        for (f, res) in files.iter().zip(results) {
+            match res {
+                Ok(stored) => {
+                    writer.push(&stored, f.label)?;
+                    packed_sources.push(f.rel.to_string_lossy().into_owned());
+                }
+                Err(reason) => {
+                    let path = folder.root.join(&f.rel).display().to_string();
+                    if opts.strict {
+                        return Err(Error::BadImage { path, reason });
+                    }
+                    if opts.report_skipped {
+                        bar.suspend(|| eprintln!("vantix-pack: skipped {path}: {reason}"));
+                    }
+                    skipped.push(Skipped {
+                        path: f.rel.to_string_lossy().into_owned(),
+                        reason,
+                    });
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    let shards = writer.finish()?;
+    bar.finish_and_clear();
+
+    let num_samples = packed_sources.len() as u64;
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        version: FORMAT_VERSION,
+        geometry,
+        dtype: "uint8".into(),
+        layout: "HWC".into(),
+        channel_order: "RGB".into(),
+        codec: opts.codec,
+        classes: folder.classes.clone(),
+        num_samples,
+        shards: shards.clone(),
+        pack: PackSettings {
+            resize: spec.mode.name().into(),
+            interpolation: spec.interpolation.name().into(),
+            pad_color: spec.pad_color,
+            source: std::fs::canonicalize(src)
+                .unwrap_or_else(|_| src.to_path_buf())
+                .display()
+                .to_string(),
+            source_files: folder.files.len() as u64,
+            source_list_xxh3: source_list_hash(&folder.files),
+            vantix_version: env!("CARGO_PKG_VERSION").into(),
+        },
+        skipped: skipped.clone(),
+    };
+    write_synced(
+        &tmp_path.join(SOURCES_NAME),
+        serde_json::to_string(&packed_sources).unwrap().as_bytes(),
+    )?;
+    write_synced(&tmp_path.join(MANIFEST_NAME), manifest.to_json().as_bytes())?;
+    sync_dir(&tmp_path)?;
+
+    // Move into place. With --overwrite the old dataset is moved aside first, then removed.
+    if dst.exists() {
+        if !opts.overwrite {
+            return Err(Error::invalid(format!(
+                "{}: appeared while packing; not replaced",
+                dst.display()
+            )));
+        }
+        let old = parent.join(format!(".{dst_name}.old-{}", std::process::id()));
+        std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
+        std::fs::rename(&tmp_path, dst).map_err(|e| Error::io(dst, e))?;
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(&tmp_path, dst).map_err(|e| Error::io(dst, e))?;
+    }
+    tmp.0 = None;
+    sync_dir(&parent)?;
+
+    let bytes_written = shards.iter().map(|s| s.size_bytes).sum();
+    Ok(PackReport {
+        output: dst.to_path_buf(),
+        classes: folder.classes,
+        num_samples,
+        skipped,
+        shards,
+        bytes_written,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(path, e))
+}

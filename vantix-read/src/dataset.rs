@@ -1,0 +1,419 @@
+//! Opening a packed dataset: the manifest is parsed, every shard is memory-mapped, and every
+//! length, offset and count is checked against the real file sizes before a single record is
+//! served. After `Dataset::open` succeeds, reading record `i` is bounds-safe by construction.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    table_u32, table_u64, Codec, Geometry, Manifest, ShardHeader, FORMAT_VERSION, MANIFEST_FORMAT,
+    MANIFEST_NAME, MAX_MANIFEST_BYTES,
+};
+
+/// One memory-mapped, validated shard.
+pub struct Shard {
+    name: String,
+    mmap: Mmap,
+    header: ShardHeader,
+}
+
+impl Shard {
+    fn table(&self, offset: u64, len: u64) -> &[u8] {
+        &self.mmap[offset as usize..(offset + len) as usize]
+    }
+    fn labels(&self) -> &[u8] {
+        self.table(self.header.labels_offset, 4 * self.header.num_records)
+    }
+    fn crcs(&self) -> &[u8] {
+        self.table(self.header.crc_offset, 4 * self.header.num_records)
+    }
+    fn offsets(&self) -> &[u8] {
+        self.table(
+            self.header.offsets_offset,
+            8 * (self.header.num_records + 1),
+        )
+    }
+    /// The stored bytes of local record `j` (raw pixels or one zstd frame).
+    fn stored(&self, j: usize, record_bytes: usize) -> &[u8] {
+        let h = &self.header;
+        let (start, end) = if h.offsets_offset == 0 {
+            let s = h.data_offset as usize + j * h.stride as usize;
+            (s, s + record_bytes)
+        } else {
+            let o = self.offsets();
+            let base = h.data_offset as usize;
+            (
+                base + table_u64(o, j) as usize,
+                base + table_u64(o, j + 1) as usize,
+            )
+        };
+        &self.mmap[start..end]
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn num_records(&self) -> u64 {
+        self.header.num_records
+    }
+    pub fn size_bytes(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+}
+
+/// A packed dataset, opened and validated.
+pub struct Dataset {
+    root: PathBuf,
+    manifest: Manifest,
+    shards: Vec<Shard>,
+    /// `starts[k]` is the global index of shard `k`'s first record; `starts[len]` = total.
+    starts: Vec<u64>,
+}
+
+thread_local! {
+    static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// A shard file name must be a plain name inside the dataset directory.
+fn check_shard_name(name: &str, manifest: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\', '\0'])
+        || name.starts_with('~');
+    if bad {
+        return Err(Error::corrupt(
+            manifest,
+            format!("shard file name {name:?} is not a plain file name inside the dataset"),
+        ));
+    }
+    Ok(())
+}
+
+impl Dataset {
+    /// Open `path` (a `.vtx` directory, or its `manifest.json`) and validate everything.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let root = if path.file_name().is_some_and(|n| n == MANIFEST_NAME) && path.is_file() {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            path.to_path_buf()
+        };
+        if !root.is_dir() {
+            let what = if root.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
+            return Err(Error::invalid(format!(
+                "{}: {what} (a Vantix dataset is a directory made by vantix-pack)",
+                root.display()
+            )));
+        }
+        let manifest_path = root.join(MANIFEST_NAME);
+        let mfile = manifest_path.display().to_string();
+        let manifest = read_manifest(&manifest_path)?;
+        let geometry = manifest.geometry;
+        let record_bytes = geometry.record_bytes();
+        let num_classes = manifest.classes.len() as u64;
+
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        let mut starts = Vec::with_capacity(manifest.shards.len() + 1);
+        let mut total = 0u64;
+        for info in &manifest.shards {
+            check_shard_name(&info.file, &mfile)?;
+            let spath = root.join(&info.file);
+            let sname = spath.display().to_string();
+            let meta = std::fs::symlink_metadata(&spath).map_err(|e| Error::io(&spath, e))?;
+            if !meta.file_type().is_file() {
+                return Err(Error::corrupt(
+                    &sname,
+                    "shard is not a regular file (symlinks are refused)",
+                ));
+            }
+            let file = File::open(&spath).map_err(|e| Error::io(&spath, e))?;
+            let len = file.metadata().map_err(|e| Error::io(&spath, e))?.len();
+            if len != info.size_bytes {
+                return Err(Error::corrupt(
+                    &sname,
+                    format!(
+                        "file is {len} bytes, the manifest says {} (truncated or replaced)",
+                        info.size_bytes
+                    ),
+                ));
+            }
+            // SAFETY: the mapping is read-only; a file changed underneath by another process is
+            // outside what a mapping can guard against (see docs/FORMAT.md, "Concurrent changes").
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&spath, e))?;
+            let header = ShardHeader::decode(&mmap, len, &sname)?;
+            if header.geometry != geometry {
+                return Err(Error::corrupt(
+                    &sname,
+                    "image geometry differs from the manifest",
+                ));
+            }
+            if header.codec_id != manifest.codec.id() {
+                return Err(Error::corrupt(&sname, "codec differs from the manifest"));
+            }
+            if header.num_records != info.num_records {
+                return Err(Error::corrupt(
+                    &sname,
+                    format!(
+                        "holds {} records, the manifest says {}",
+                        header.num_records, info.num_records
+                    ),
+                ));
+            }
+            if header.first_index != total {
+                return Err(Error::corrupt(
+                    &sname,
+                    "shard is out of order (first record index)",
+                ));
+            }
+            let shard = Shard {
+                name: sname.clone(),
+                mmap,
+                header,
+            };
+            let labels = shard.labels();
+            for j in 0..header.num_records as usize {
+                if table_u32(labels, j) as u64 >= num_classes {
+                    return Err(Error::corrupt(
+                        &sname,
+                        format!(
+                            "record {j} has label {} but there are {num_classes} classes",
+                            table_u32(labels, j)
+                        ),
+                    ));
+                }
+            }
+            if header.offsets_offset != 0 {
+                let o = shard.offsets();
+                let mut prev = table_u64(o, 0);
+                if prev != 0 {
+                    return Err(Error::corrupt(&sname, "offsets table does not start at 0"));
+                }
+                for j in 1..=header.num_records as usize {
+                    let cur = table_u64(o, j);
+                    if cur < prev || cur - prev > (record_bytes as u64) * 2 + 1024 {
+                        return Err(Error::corrupt(
+                            &sname,
+                            format!("offsets table entry {j} is invalid"),
+                        ));
+                    }
+                    prev = cur;
+                }
+                if prev != header.data_size {
+                    return Err(Error::corrupt(
+                        &sname,
+                        "offsets table does not end at the data size",
+                    ));
+                }
+            }
+            starts.push(total);
+            total += header.num_records;
+            shards.push(shard);
+        }
+        starts.push(total);
+        if total != manifest.num_samples {
+            return Err(Error::corrupt(
+                &mfile,
+                format!(
+                    "num_samples is {} but the shards hold {total} records",
+                    manifest.num_samples
+                ),
+            ));
+        }
+        Ok(Dataset {
+            root,
+            manifest,
+            shards,
+            starts,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+    pub fn geometry(&self) -> Geometry {
+        self.manifest.geometry
+    }
+    pub fn codec(&self) -> Codec {
+        self.manifest.codec
+    }
+    pub fn classes(&self) -> &[String] {
+        &self.manifest.classes
+    }
+    pub fn len(&self) -> usize {
+        self.manifest.num_samples as usize
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes of one decoded image (`H * W * C`).
+    pub fn record_bytes(&self) -> usize {
+        self.manifest.geometry.record_bytes()
+    }
+
+    fn locate(&self, i: usize) -> Result<(&Shard, usize)> {
+        if i >= self.len() {
+            return Err(Error::invalid(format!(
+                "index {i} is out of range for a dataset of {} samples",
+                self.len()
+            )));
+        }
+        let k = self.starts.partition_point(|&s| s <= i as u64) - 1;
+        Ok((&self.shards[k], i - self.starts[k] as usize))
+    }
+
+    /// Class index of sample `i`.
+    pub fn label(&self, i: usize) -> Result<u32> {
+        let (shard, j) = self.locate(i)?;
+        Ok(table_u32(shard.labels(), j))
+    }
+
+    /// Decode sample `i` into `dst` (exactly `record_bytes()` long, HWC uint8).
+    pub fn read_into(&self, i: usize, dst: &mut [u8]) -> Result<()> {
+        let rb = self.record_bytes();
+        if dst.len() != rb {
+            return Err(Error::invalid(format!(
+                "destination is {} bytes, a record is {rb}",
+                dst.len()
+            )));
+        }
+        let (shard, j) = self.locate(i)?;
+        let src = shard.stored(j, rb);
+        match self.manifest.codec {
+            Codec::Raw => dst.copy_from_slice(src),
+            Codec::Zstd { .. } => {
+                let n = ZSTD.with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    if slot.is_none() {
+                        *slot = Some(
+                            zstd::bulk::Decompressor::new()
+                                .map_err(|e| Error::io(&shard.name, e))?,
+                        );
+                    }
+                    slot.as_mut()
+                        .unwrap()
+                        .decompress_to_buffer(src, dst)
+                        .map_err(|e| {
+                            Error::corrupt(
+                                &shard.name,
+                                format!("record {j}: zstd frame is damaged: {e}"),
+                            )
+                        })
+                })?;
+                if n != rb {
+                    return Err(Error::corrupt(
+                        &shard.name,
+                        format!("record {j}: decompressed to {n} bytes, expected {rb}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Recompute every checksum: each shard's xxh3 against the manifest and each record's
+    /// CRC-32 against the shard's table. The error names the damaged shard (and record).
+    pub fn verify(&self) -> Result<()> {
+        let rb = self.record_bytes();
+        for (shard, info) in self.shards.iter().zip(&self.manifest.shards) {
+            let crcs = shard.crcs();
+            for j in 0..shard.header.num_records as usize {
+                if crc32fast::hash(shard.stored(j, rb)) != table_u32(crcs, j) {
+                    return Err(Error::Checksum {
+                        file: shard.name.clone(),
+                        msg: format!(
+                            "record {j} (sample {}) is damaged",
+                            shard.header.first_index + j as u64
+                        ),
+                    });
+                }
+            }
+            let got = crate::format::xxh3_hex(&shard.mmap);
+            if got != info.xxh3 {
+                return Err(Error::Checksum {
+                    file: shard.name.clone(),
+                    msg: format!(
+                        "xxh3 is {got}, the manifest says {} (shard is damaged)",
+                        info.xxh3
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_manifest(path: &Path) -> Result<Manifest> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > MAX_MANIFEST_BYTES {
+        return Err(Error::corrupt(
+            &name,
+            format!("manifest is {len} bytes, over the {MAX_MANIFEST_BYTES}-byte limit"),
+        ));
+    }
+    let mut text = String::with_capacity(len as usize);
+    file.take(MAX_MANIFEST_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::corrupt(&name, format!("cannot read manifest: {e}")))?;
+    let m: Manifest = serde_json::from_str(&text)
+        .map_err(|e| Error::corrupt(&name, format!("manifest is not valid: {e}")))?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(Error::corrupt(
+            &name,
+            format!("format is {:?}, expected \"vantix\"", m.format),
+        ));
+    }
+    if m.version != FORMAT_VERSION {
+        return Err(Error::corrupt(
+            &name,
+            format!(
+                "format version {} is not supported (this reader knows {FORMAT_VERSION})",
+                m.version
+            ),
+        ));
+    }
+    if m.dtype != "uint8" || m.layout != "HWC" {
+        return Err(Error::corrupt(
+            &name,
+            "only uint8 HWC records are supported",
+        ));
+    }
+    if (m.channel_order.as_str(), m.geometry.channels) != ("RGB", 3) {
+        return Err(Error::corrupt(
+            &name,
+            format!(
+                "channel order {:?} with {} channels is not supported (RGB, 3)",
+                m.channel_order, m.geometry.channels
+            ),
+        ));
+    }
+    m.geometry.validate(&name)?;
+    if m.classes.len() > u32::MAX as usize {
+        return Err(Error::corrupt(&name, "too many classes"));
+    }
+    if let Codec::Zstd { level } = m.codec {
+        if !(-131072..=22).contains(&level) {
+            return Err(Error::corrupt(
+                &name,
+                format!("zstd level {level} is out of range"),
+            ));
+        }
+    }
+    Ok(m)
+}

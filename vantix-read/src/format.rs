@@ -1,0 +1,434 @@
+//! The on-disk format: every byte layout and every name lives here, so the packer (writer) and
+//! the reader can never disagree. The normative description is `docs/FORMAT.md`.
+//!
+//! A dataset is a directory (`train.vtx/`) holding `manifest.json` and shard files. A shard is:
+//!
+//! ```text
+//! [header: 128 bytes][labels: n x u32][crc table: n x u32][offsets: (n+1) x u64, zstd only]
+//! [padding to 4096][data]
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Version of the format written by this library (manifest and shard header).
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the manifest inside a dataset directory.
+pub const MANIFEST_NAME: &str = "manifest.json";
+/// The `format` field of every manifest.
+pub const MANIFEST_FORMAT: &str = "vantix";
+/// Largest manifest a reader accepts (bytes); a bigger one is treated as corrupt.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+/// First 8 bytes of every shard.
+pub const SHARD_MAGIC: [u8; 8] = *b"VTXSHARD";
+/// Size of the fixed shard header.
+pub const HEADER_SIZE: usize = 128;
+/// Alignment of the data section inside a shard (one page).
+pub const DATA_ALIGN: u64 = 4096;
+/// Alignment of a raw record's stride.
+pub const RECORD_ALIGN: u64 = 64;
+/// Upper bound on image geometry accepted from a file (per side and channels).
+pub const MAX_SIDE: u32 = 1 << 16;
+pub const MAX_CHANNELS: u32 = 4;
+
+/// How records are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum Codec {
+    /// Uncompressed pixels at a fixed, aligned stride.
+    Raw,
+    /// One zstd frame per record, found through an offsets table.
+    Zstd { level: i32 },
+}
+
+impl Codec {
+    pub fn id(self) -> u32 {
+        match self {
+            Codec::Raw => 0,
+            Codec::Zstd { .. } => 1,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Raw => "raw",
+            Codec::Zstd { .. } => "zstd",
+        }
+    }
+}
+
+/// Geometry of every image in a dataset: `height x width x channels`, uint8, HWC, RGB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Geometry {
+    pub width: u32,
+    pub height: u32,
+    pub channels: u32,
+}
+
+impl Geometry {
+    /// Bytes of one decoded image.
+    pub fn record_bytes(&self) -> usize {
+        self.width as usize * self.height as usize * self.channels as usize
+    }
+    /// Distance between raw records: the record size rounded up to [`RECORD_ALIGN`].
+    pub fn raw_stride(&self) -> u64 {
+        align_up(self.record_bytes() as u64, RECORD_ALIGN)
+    }
+    pub fn validate(&self, file: &str) -> Result<()> {
+        if self.width == 0 || self.height == 0 || self.width > MAX_SIDE || self.height > MAX_SIDE {
+            return Err(Error::corrupt(
+                file,
+                format!("image size {}x{} is out of range", self.width, self.height),
+            ));
+        }
+        if self.channels == 0 || self.channels > MAX_CHANNELS {
+            return Err(Error::corrupt(
+                file,
+                format!("channel count {} is out of range", self.channels),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+/// One shard as the manifest describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// File name inside the dataset directory (no directories).
+    pub file: String,
+    pub num_records: u64,
+    pub size_bytes: u64,
+    /// xxh3-64 of the whole shard file, as 16 lower-case hex digits.
+    pub xxh3: String,
+}
+
+/// A source file that could not be packed, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
+}
+
+/// How the dataset was made (informational; a reader does not depend on it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackSettings {
+    pub resize: String,
+    pub interpolation: String,
+    #[serde(default)]
+    pub pad_color: [u8; 3],
+    pub source: String,
+    /// Number of source files found (packed + skipped).
+    pub source_files: u64,
+    /// xxh3-64 over the sorted list of `relative path \0 label \n` of every source file.
+    pub source_list_xxh3: String,
+    pub vantix_version: String,
+}
+
+/// `manifest.json`: the human-readable index of a dataset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    #[serde(flatten)]
+    pub geometry: Geometry,
+    pub dtype: String,
+    pub layout: String,
+    pub channel_order: String,
+    pub codec: Codec,
+    pub classes: Vec<String>,
+    pub num_samples: u64,
+    pub shards: Vec<ShardInfo>,
+    pub pack: PackSettings,
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("manifest serialises")
+    }
+}
+
+/// The fixed 128-byte little-endian header at the start of every shard.
+///
+/// | offset | width | field |
+/// |---|---|---|
+/// | 0 | 8 | magic `VTXSHARD` |
+/// | 8 | 4 | version |
+/// | 12 | 4 | header size (128) |
+/// | 16 | 4 | width |
+/// | 20 | 4 | height |
+/// | 24 | 4 | channels |
+/// | 28 | 4 | codec (0 raw, 1 zstd) |
+/// | 32 | 8 | number of records `n` |
+/// | 40 | 8 | record stride (raw) or 0 (zstd) |
+/// | 48 | 8 | labels offset (n x u32) |
+/// | 56 | 8 | record CRC table offset (n x u32, CRC-32 of each stored record) |
+/// | 64 | 8 | offsets table offset ((n+1) x u64, zstd) or 0 |
+/// | 72 | 8 | data offset (multiple of 4096) |
+/// | 80 | 8 | data size |
+/// | 88 | 8 | global index of the first record |
+/// | 96 | 28 | reserved, zero |
+/// | 124 | 4 | CRC-32 of bytes 0..124 |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardHeader {
+    pub version: u32,
+    pub geometry: Geometry,
+    pub codec_id: u32,
+    pub num_records: u64,
+    pub stride: u64,
+    pub labels_offset: u64,
+    pub crc_offset: u64,
+    pub offsets_offset: u64,
+    pub data_offset: u64,
+    pub data_size: u64,
+    pub first_index: u64,
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+impl ShardHeader {
+    /// Lay out a shard of `n` records. `data_size` is the byte length of the data section.
+    pub fn layout(
+        geometry: Geometry,
+        codec: Codec,
+        num_records: u64,
+        data_size: u64,
+        first_index: u64,
+    ) -> Self {
+        let labels_offset = HEADER_SIZE as u64;
+        let crc_offset = labels_offset + 4 * num_records;
+        let (offsets_offset, tables_end) = match codec {
+            Codec::Raw => (0, crc_offset + 4 * num_records),
+            Codec::Zstd { .. } => {
+                let o = crc_offset + 4 * num_records;
+                (o, o + 8 * (num_records + 1))
+            }
+        };
+        let stride = match codec {
+            Codec::Raw => geometry.raw_stride(),
+            Codec::Zstd { .. } => 0,
+        };
+        ShardHeader {
+            version: FORMAT_VERSION,
+            geometry,
+            codec_id: codec.id(),
+            num_records,
+            stride,
+            labels_offset,
+            crc_offset,
+            offsets_offset,
+            data_offset: align_up(tables_end, DATA_ALIGN),
+            data_size,
+            first_index,
+        }
+    }
+
+    /// Total size of the shard file this header describes.
+    pub fn file_size(&self) -> u64 {
+        self.data_offset + self.data_size
+    }
+
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[0..8].copy_from_slice(&SHARD_MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+        b[16..20].copy_from_slice(&self.geometry.width.to_le_bytes());
+        b[20..24].copy_from_slice(&self.geometry.height.to_le_bytes());
+        b[24..28].copy_from_slice(&self.geometry.channels.to_le_bytes());
+        b[28..32].copy_from_slice(&self.codec_id.to_le_bytes());
+        for (i, v) in [
+            self.num_records,
+            self.stride,
+            self.labels_offset,
+            self.crc_offset,
+            self.offsets_offset,
+            self.data_offset,
+            self.data_size,
+            self.first_index,
+        ]
+        .iter()
+        .enumerate()
+        {
+            b[32 + 8 * i..40 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&b[..124]);
+        b[124..128].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Parse and check a header against the size of its file. Checks here are the ones that
+    /// need nothing but the file; the dataset checks it against the manifest.
+    pub fn decode(bytes: &[u8], file_len: u64, file: &str) -> Result<Self> {
+        if bytes.len() < HEADER_SIZE || file_len < HEADER_SIZE as u64 {
+            return Err(Error::corrupt(
+                file,
+                format!("file is {file_len} bytes, shorter than the {HEADER_SIZE}-byte header"),
+            ));
+        }
+        let b = &bytes[..HEADER_SIZE];
+        if b[0..8] != SHARD_MAGIC {
+            return Err(Error::corrupt(file, "bad magic: not a Vantix shard"));
+        }
+        let version = u32_at(b, 8);
+        if version != FORMAT_VERSION {
+            return Err(Error::corrupt(
+                file,
+                format!("unsupported shard version {version} (this reader knows {FORMAT_VERSION})"),
+            ));
+        }
+        if u32_at(b, 12) as usize != HEADER_SIZE {
+            return Err(Error::corrupt(file, "unexpected header size"));
+        }
+        let stored_crc = u32_at(b, 124);
+        if crc32fast::hash(&b[..124]) != stored_crc {
+            return Err(Error::corrupt(
+                file,
+                "header checksum mismatch (header is damaged)",
+            ));
+        }
+        if b[96..124].iter().any(|&x| x != 0) {
+            return Err(Error::corrupt(file, "reserved header bytes are not zero"));
+        }
+        let geometry = Geometry {
+            width: u32_at(b, 16),
+            height: u32_at(b, 20),
+            channels: u32_at(b, 24),
+        };
+        geometry.validate(file)?;
+        let h = ShardHeader {
+            version,
+            geometry,
+            codec_id: u32_at(b, 28),
+            num_records: u64_at(b, 32),
+            stride: u64_at(b, 40),
+            labels_offset: u64_at(b, 48),
+            crc_offset: u64_at(b, 56),
+            offsets_offset: u64_at(b, 64),
+            data_offset: u64_at(b, 72),
+            data_size: u64_at(b, 80),
+            first_index: u64_at(b, 88),
+        };
+        // Every table must sit where `layout` puts it: this bounds all offsets by the file size
+        // with plain arithmetic, before anything is read or allocated.
+        if h.num_records > file_len / 4 {
+            return Err(Error::corrupt(
+                file,
+                format!(
+                    "record count {} cannot fit in {file_len} bytes",
+                    h.num_records
+                ),
+            ));
+        }
+        let codec = match h.codec_id {
+            0 => Codec::Raw,
+            1 => Codec::Zstd { level: 0 },
+            c => return Err(Error::corrupt(file, format!("unknown codec id {c}"))),
+        };
+        let expect =
+            ShardHeader::layout(geometry, codec, h.num_records, h.data_size, h.first_index);
+        if (
+            h.stride,
+            h.labels_offset,
+            h.crc_offset,
+            h.offsets_offset,
+            h.data_offset,
+        ) != (
+            expect.stride,
+            expect.labels_offset,
+            expect.crc_offset,
+            expect.offsets_offset,
+            expect.data_offset,
+        ) {
+            return Err(Error::corrupt(
+                file,
+                "header table offsets are inconsistent",
+            ));
+        }
+        let end = h.data_offset.checked_add(h.data_size);
+        if end != Some(file_len) {
+            return Err(Error::corrupt(
+                file,
+                format!(
+                    "file is {file_len} bytes but its header describes {} bytes (truncated or extended)",
+                    h.data_offset as u128 + h.data_size as u128
+                ),
+            ));
+        }
+        if codec == Codec::Raw && h.num_records.checked_mul(h.stride) != Some(h.data_size) {
+            return Err(Error::corrupt(
+                file,
+                "raw data size does not equal records x stride",
+            ));
+        }
+        Ok(h)
+    }
+}
+
+/// xxh3-64 of a byte slice as 16 lower-case hex digits (the manifest's shard checksum).
+pub fn xxh3_hex(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
+/// Read the `i`-th little-endian u32 of a table.
+pub fn table_u32(table: &[u8], i: usize) -> u32 {
+    u32_at(table, 4 * i)
+}
+
+/// Read the `i`-th little-endian u64 of a table.
+pub fn table_u64(table: &[u8], i: usize) -> u64 {
+    u64_at(table, 8 * i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_damage() {
+        let g = Geometry {
+            width: 32,
+            height: 16,
+            channels: 3,
+        };
+        let h = ShardHeader::layout(g, Codec::Raw, 10, 10 * g.raw_stride(), 5);
+        let b = h.encode();
+        let len = h.file_size();
+        assert_eq!(ShardHeader::decode(&b, len, "s").unwrap(), h);
+        assert!(ShardHeader::decode(&b, len - 1, "s").is_err());
+        for i in 0..HEADER_SIZE {
+            let mut d = b;
+            d[i] ^= 0x10;
+            assert!(
+                ShardHeader::decode(&d, len, "s").is_err(),
+                "flip at {i} undetected"
+            );
+        }
+    }
+
+    #[test]
+    fn zstd_layout_has_offsets_table() {
+        let g = Geometry {
+            width: 8,
+            height: 8,
+            channels: 3,
+        };
+        let h = ShardHeader::layout(g, Codec::Zstd { level: 3 }, 3, 100, 0);
+        assert_eq!(h.offsets_offset, 128 + 12 + 12);
+        assert_eq!(h.data_offset % DATA_ALIGN, 0);
+        assert_eq!(
+            ShardHeader::decode(&h.encode(), h.file_size(), "s").unwrap(),
+            h
+        );
+    }
+}

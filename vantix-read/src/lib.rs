@@ -1,0 +1,29 @@
+//! `vantix-read`: open a dataset packed by `vantix-pack` and iterate shuffled, ready batches.
+//!
+//! The pipeline is `Sampler -> Batcher -> assembler (rayon) -> prefetch queue -> caller`:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use vantix_read::{Dataset, Loader, LoaderConfig};
+//! let ds = Arc::new(Dataset::open("train.vtx")?);
+//! let loader = Loader::new(ds, LoaderConfig { batch_size: 256, ..Default::default() })?;
+//! for batch in loader.epoch(0, 0) {
+//!     let batch = batch?;
+//!     let (images, labels) = (batch.images(), &batch.labels); // [B, H, W, C] uint8, [B]
+//!     # let _ = (images, labels);
+//! }
+//! # Ok::<(), vantix_read::Error>(())
+//! ```
+//! Nothing here knows about Python; the binding lives in `python/`.
+
+pub mod dataset;
+pub mod error;
+pub mod format;
+pub mod loader;
+pub mod sampler;
+
+pub use dataset::{Dataset, Shard};
+pub use error::{Error, Result};
+pub use format::{Codec, Geometry, Manifest};
+pub use loader::{Batch, BufferPool, EpochIter, Loader, LoaderConfig, PooledBuffer};
+pub use sampler::Sampler;

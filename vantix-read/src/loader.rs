@@ -1,0 +1,346 @@
+//! Batch assembly and prefetch.
+//!
+//! A background thread walks this rank's order for one epoch, takes a recycled buffer from the
+//! pool, lets rayon copy (or decompress) every record of the batch into it, and sends the batch
+//! down a bounded channel of `prefetch` slots. A buffer goes back to the pool only when the last
+//! owner drops its [`PooledBuffer`] (in Python: when the last array or tensor viewing it dies), so
+//! a batch that is still referenced is never overwritten.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Receiver};
+use rayon::prelude::*;
+
+use crate::dataset::Dataset;
+use crate::error::{Error, Result};
+use crate::sampler::Sampler;
+
+/// Loader settings; the names follow `torch.utils.data.DataLoader`.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+    pub drop_last: bool,
+    /// Batches kept ready ahead of the consumer.
+    pub prefetch: usize,
+    /// Threads that assemble a batch (`None`: all cores).
+    pub num_threads: Option<usize>,
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        LoaderConfig {
+            batch_size: 256,
+            shuffle: true,
+            seed: 0,
+            drop_last: false,
+            prefetch: 3,
+            num_threads: None,
+            rank: 0,
+            world_size: 1,
+        }
+    }
+}
+
+/// Free buffers waiting for reuse. Buffers are plain heap allocations that stay warm (already
+/// faulted in), which is what makes a recycled batch cheaper than a fresh one.
+pub struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    max_free: usize,
+}
+
+impl BufferPool {
+    pub fn new(max_free: usize) -> Arc<Self> {
+        Arc::new(BufferPool {
+            free: Mutex::new(Vec::new()),
+            max_free,
+        })
+    }
+
+    /// A buffer of exactly `len` bytes (contents unspecified), recycled when possible.
+    pub fn get(self: &Arc<Self>, len: usize) -> PooledBuffer {
+        let recycled = {
+            let mut free = self.free.lock().unwrap();
+            let pos = free.iter().position(|b| b.capacity() >= len);
+            pos.map(|p| free.swap_remove(p))
+        };
+        let mut buf = recycled.unwrap_or_default();
+        if buf.len() != len {
+            buf.resize(len, 0);
+        }
+        PooledBuffer {
+            buf,
+            pool: Arc::clone(self),
+        }
+    }
+
+    fn put(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().unwrap();
+        if free.len() < self.max_free {
+            free.push(buf);
+        }
+    }
+
+    /// Number of buffers waiting for reuse.
+    pub fn free_count(&self) -> usize {
+        self.free.lock().unwrap().len()
+    }
+}
+
+/// A buffer on loan from a [`BufferPool`]; returns itself to the pool when dropped.
+pub struct PooledBuffer {
+    buf: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl Deref for PooledBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl DerefMut for PooledBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        self.pool.put(std::mem::take(&mut self.buf));
+    }
+}
+
+/// One assembled batch: `len` images, `[len, H, W, C]` uint8, contiguous.
+pub struct Batch {
+    pub images: PooledBuffer,
+    pub labels: Vec<i64>,
+    /// Dataset index of each image, in batch order.
+    pub indices: Vec<u64>,
+    /// Position of this batch within the epoch.
+    pub batch_index: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+    pub fn images(&self) -> &[u8] {
+        &self.images
+    }
+}
+
+/// Yields shuffled batches of a [`Dataset`], assembled in parallel and prefetched.
+pub struct Loader {
+    dataset: Arc<Dataset>,
+    config: LoaderConfig,
+    threads: Arc<rayon::ThreadPool>,
+    buffers: Arc<BufferPool>,
+}
+
+impl Loader {
+    pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(Error::invalid("batch_size must be at least 1"));
+        }
+        if config.prefetch == 0 {
+            return Err(Error::invalid("prefetch must be at least 1"));
+        }
+        if config.world_size == 0 || config.rank >= config.world_size {
+            return Err(Error::invalid(format!(
+                "rank {} is not valid for world_size {}",
+                config.rank, config.world_size
+            )));
+        }
+        let n = match config.num_threads {
+            Some(0) => return Err(Error::invalid("num_threads must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("vantix-assemble-{i}"))
+            .build()
+            .map_err(|e| Error::invalid(format!("cannot start {n} threads: {e}")))?;
+        let buffers = BufferPool::new(config.prefetch + 2);
+        Ok(Loader {
+            dataset,
+            config,
+            threads: Arc::new(threads),
+            buffers,
+        })
+    }
+
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.dataset
+    }
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+    pub fn buffers(&self) -> &Arc<BufferPool> {
+        &self.buffers
+    }
+
+    pub fn sampler(&self) -> Sampler {
+        Sampler {
+            num_samples: self.dataset.len() as u64,
+            shuffle: self.config.shuffle,
+            seed: self.config.seed,
+            rank: self.config.rank,
+            world_size: self.config.world_size,
+        }
+    }
+
+    /// Batches per epoch for this rank.
+    pub fn num_batches(&self) -> usize {
+        let per = self.sampler().samples_per_rank();
+        if self.dataset.is_empty() {
+            0
+        } else if self.config.drop_last {
+            per / self.config.batch_size
+        } else {
+            per.div_ceil(self.config.batch_size)
+        }
+    }
+
+    /// This rank's sample order for `epoch`, cut to the batches the epoch yields.
+    pub fn epoch_indices(&self, epoch: u64) -> Vec<u64> {
+        let mut idx = self.sampler().rank_indices(epoch);
+        idx.truncate((self.num_batches() * self.config.batch_size).min(idx.len()));
+        idx
+    }
+
+    /// Assemble the images of `indices` into `out` (`indices.len() * record_bytes`), in parallel.
+    pub fn assemble(&self, indices: &[u64], out: &mut [u8]) -> Result<()> {
+        assemble(&self.dataset, &self.threads, indices, out)
+    }
+
+    /// Start iterating `epoch` from batch `start_batch`, with a prefetch thread.
+    pub fn epoch(&self, epoch: u64, start_batch: usize) -> EpochIter {
+        let (tx, rx) = bounded(self.config.prefetch);
+        let stop = Arc::new(AtomicBool::new(false));
+        let dataset = Arc::clone(&self.dataset);
+        let threads = Arc::clone(&self.threads);
+        let buffers = Arc::clone(&self.buffers);
+        let order = self.epoch_indices(epoch);
+        let bs = self.config.batch_size;
+        let rb = dataset.record_bytes();
+        let stop2 = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("vantix-prefetch".into())
+            .spawn(move || {
+                for (b, indices) in order.chunks(bs).enumerate().skip(start_batch) {
+                    if stop2.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let mut images = buffers.get(indices.len() * rb);
+                    let res = assemble(&dataset, &threads, indices, &mut images).and_then(|()| {
+                        let labels = indices
+                            .iter()
+                            .map(|&i| dataset.label(i as usize).map(i64::from))
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(Batch {
+                            images,
+                            labels,
+                            indices: indices.to_vec(),
+                            batch_index: b,
+                        })
+                    });
+                    let failed = res.is_err();
+                    if tx.send(res).is_err() || failed {
+                        return; // consumer gone, or error delivered
+                    }
+                }
+            })
+            .expect("spawn prefetch thread");
+        EpochIter {
+            rx: Some(rx),
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+fn assemble(
+    dataset: &Dataset,
+    threads: &rayon::ThreadPool,
+    indices: &[u64],
+    out: &mut [u8],
+) -> Result<()> {
+    let rb = dataset.record_bytes();
+    if out.len() != indices.len() * rb {
+        return Err(Error::invalid("batch buffer has the wrong size"));
+    }
+    // Small records: hand out several per task so scheduling does not dominate the copy.
+    let min_len = (64 * 1024 / rb.max(1)).max(1);
+    threads.install(|| {
+        out.par_chunks_mut(rb)
+            .zip(indices.par_iter())
+            .with_min_len(min_len)
+            .try_for_each(|(dst, &i)| dataset.read_into(i as usize, dst))
+    })
+}
+
+/// Iterator over one epoch's batches. Dropping it stops and joins the prefetch thread.
+pub struct EpochIter {
+    rx: Option<Receiver<Result<Batch>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Result<Batch>> {
+        let item = self.rx.as_ref()?.recv().ok();
+        if item.is_none() {
+            self.finish();
+        }
+        item
+    }
+}
+
+impl EpochIter {
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.rx = None; // wakes a producer blocked on a full channel
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_recycles_only_after_drop() {
+        let pool = BufferPool::new(2);
+        let a = pool.get(100);
+        let pa = a.as_ptr();
+        let b = pool.get(100);
+        assert_ne!(pa, b.as_ptr());
+        drop(a);
+        assert_eq!(pool.free_count(), 1);
+        let c = pool.get(100);
+        assert_eq!(c.as_ptr(), pa);
+        drop((b, c));
+        assert_eq!(pool.free_count(), 2);
+    }
+}
