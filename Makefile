@@ -1,0 +1,53 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv and install
+# what they need; nothing but python3, cargo and the package registries is assumed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(BIN):$(PATH)
+
+.PHONY: demo test test-rust test-python venv build build-release lint fmt clean
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+## build: the extension (dev profile, dependencies optimised) into .venv
+build: venv
+	$(BIN)/maturin develop --quiet
+
+## build-release: the extension with the release profile (LTO) into .venv
+build-release: venv
+	$(BIN)/maturin develop --release --quiet
+
+## demo: generate a sample ImageFolder, pack it, iterate it, compare with torchvision
+demo: build-release
+	$(BIN)/python examples/demo.py
+
+## test: every test: Rust (cargo test --workspace) and Python (pytest)
+test: test-rust test-python
+
+test-rust:
+	cargo fmt --all -- --check
+	cargo test --workspace
+
+test-python: build
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(BIN)/ruff check python benchmarks examples
+	$(BIN)/ruff format --check python benchmarks examples
+
+fmt: venv
+	cargo fmt --all
+	$(BIN)/ruff format python benchmarks examples
+
+clean:
+	cargo clean
+	rm -rf $(VENV) demo-data data

@@ -1,0 +1,216 @@
+"""The packer and its command line: bad files, strict mode, atomic output, inspect, verify,
+and damaged datasets that must fail with a clear VantixError."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import vantix
+from vantix import VantixDataset, VantixError
+
+BIN = Path(sys.executable).parent
+
+
+def _folder(root: Path, n_per_class=6, size=(48, 36)) -> Path:
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{i}.png")
+    return root
+
+
+def _add_bad_files(root: Path) -> list[str]:
+    (root / "a" / "empty.jpg").write_bytes(b"")
+    (root / "a" / "text.jpg").write_text("this is not an image")
+    good = (root / "a" / "0.png").read_bytes()
+    (root / "b" / "truncated.png").write_bytes(good[: len(good) // 3])
+    return ["a/empty.jpg", "a/text.jpg", "b/truncated.png"]
+
+
+@pytest.fixture
+def src(tmp_path):
+    return _folder(tmp_path / "train")
+
+
+def run_cli(*args, check=True):
+    proc = subprocess.run(
+        [str(BIN / "vantix-pack"), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vantix-pack failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def test_cli_seed_command_and_size_wxh(src, tmp_path):
+    run_cli(src, "--size", "24", "-o", tmp_path / "sq.vtx")
+    assert VantixDataset(tmp_path / "sq.vtx").shape == (24, 24, 3)
+    run_cli(src, "--size", "32x16", "-o", tmp_path / "wh.vtx")  # W x H
+    ds = VantixDataset(tmp_path / "wh.vtx")
+    assert ds.shape == (16, 32, 3) and len(ds) == 12
+
+
+def test_cli_help_and_usage_errors(tmp_path):
+    out = run_cli("--help").stdout
+    for flag in ("--size", "--output", "--mode", "--codec", "--strict", "--shard-size", "inspect"):
+        assert flag in out
+    bad = run_cli(tmp_path, "--size", "0", "-o", tmp_path / "x.vtx", check=False)
+    assert bad.returncode == 2 and "invalid size" in bad.stderr
+
+
+def test_bad_files_are_skipped_and_reported(src, tmp_path):
+    bad = _add_bad_files(src)
+    proc = run_cli(src, "--size", "16", "-o", tmp_path / "out.vtx")
+    for rel in bad:
+        assert str(src / rel) in proc.stderr, proc.stderr
+    manifest = json.loads((tmp_path / "out.vtx" / "manifest.json").read_text())
+    assert sorted(s["path"] for s in manifest["skipped"]) == sorted(bad)
+    assert all(s["reason"] for s in manifest["skipped"])
+    assert manifest["num_samples"] == 12
+    report = vantix.pack(src, tmp_path / "py.vtx", size=16)
+    assert sorted(p for p, _ in report.skipped) == sorted(bad)
+    assert report.num_samples == 12
+
+
+def test_strict_fails_on_first_bad_file_and_leaves_nothing(src, tmp_path):
+    _add_bad_files(src)
+    out = tmp_path / "out.vtx"
+    proc = run_cli(src, "--size", "16", "-o", out, "--strict", check=False)
+    assert proc.returncode == 1
+    assert "empty.jpg" in proc.stderr and "cannot pack image" in proc.stderr
+    with pytest.raises(VantixError, match="empty.jpg"):
+        vantix.pack(src, out, size=16, strict=True)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_existing_output_is_refused_unless_overwrite(src, tmp_path):
+    out = tmp_path / "out.vtx"
+    vantix.pack(src, out, size=16)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(VantixError, match="already exists"):
+        vantix.pack(src, out, size=24)
+    assert (out / "manifest.json").read_bytes() == before
+    vantix.pack(src, out, size=24, overwrite=True)
+    assert VantixDataset(out).shape == (24, 24, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.vtx", "train"]
+
+
+def test_stale_partial_output_of_a_killed_packer_is_cleaned(src, tmp_path):
+    stale = tmp_path / ".out.vtx.partial-999999999"
+    stale.mkdir()
+    (stale / "shard-00000.vxs.data").write_bytes(b"half")
+    vantix.pack(src, tmp_path / "out.vtx", size=16)
+    assert not stale.exists()
+
+
+def test_shard_size_splits_and_zstd_round_trips(src, tmp_path):
+    raw = vantix.pack(src, tmp_path / "raw.vtx", size=16, shard_size=3 * 16 * 16 * 3)
+    assert raw.num_shards == 4
+    zst = vantix.pack(src, tmp_path / "z.vtx", size=16, codec="zstd", level=5, shard_size="2K")
+    assert zst.num_shards > 1
+    a, b = VantixDataset(tmp_path / "raw.vtx"), VantixDataset(tmp_path / "z.vtx")
+    for i in range(len(a)):
+        np.testing.assert_array_equal(a[i][0], b[i][0])
+        assert a[i][1] == b[i][1]
+
+
+def test_inspect_and_verify_commands(src, tmp_path):
+    out = tmp_path / "out.vtx"
+    vantix.pack(src, out, size=16, codec="zstd")
+    text = run_cli("inspect", out).stdout
+    assert "samples      12" in text and "zstd (level 3)" in text and "16x16x3" in text
+    info = json.loads(run_cli("inspect", out, "--json").stdout)
+    assert info["num_samples"] == 12 and [c["count"] for c in info["classes"]] == [6, 6]
+    assert info == vantix.inspect(out)
+    assert info["compression_ratio"] > 0
+    assert "OK: 12 records" in run_cli("verify", out).stdout
+    vantix.verify(out)
+
+
+def _shard(out: Path) -> Path:
+    return sorted(out.glob("shard-*.vxs"))[0]
+
+
+def _flip(path: Path, offset: int, mask: int = 0x01) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def packed(src, tmp_path):
+    out = tmp_path / "out.vtx"
+    vantix.pack(src, out, size=16)
+    return out
+
+
+def test_truncated_shard_fails_at_open_naming_the_file(packed):
+    shard = _shard(packed)
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-100])
+    with pytest.raises(VantixError, match=r"shard-00000\.vxs.*(truncated|bytes)"):
+        VantixDataset(packed)
+
+
+def test_flipped_header_byte_fails_at_open(packed):
+    shard = _shard(packed)
+    for offset in (0, 9, 20, 33, 75, 100):
+        shutil.copy(shard, shard.with_suffix(".bak"))
+        _flip(shard, offset)
+        with pytest.raises(VantixError, match=r"shard-00000\.vxs"):
+            VantixDataset(packed)
+        shutil.move(shard.with_suffix(".bak"), shard)
+    VantixDataset(packed)
+
+
+def test_damaged_manifest_fails_at_open(packed):
+    manifest = packed / "manifest.json"
+    good = manifest.read_text()
+    cases = [
+        good[: len(good) // 2],  # truncated JSON
+        good.replace('"num_samples": 12', '"num_samples": 13'),
+        good.replace('"shard-00000.vxs"', '"../shard-00000.vxs"'),
+        good.replace('"format": "vantix"', '"format": "other"'),
+        "",
+    ]
+    for text in cases:
+        manifest.write_text(text)
+        with pytest.raises(VantixError, match="manifest.json|shard"):
+            VantixDataset(packed)
+    manifest.unlink()
+    with pytest.raises(VantixError, match="manifest.json"):
+        VantixDataset(packed)
+
+
+def test_verify_detects_one_flipped_pixel_byte(packed, tmp_path):
+    vantix.verify(packed)
+    shard = _shard(packed)
+    _flip(shard, os.path.getsize(shard) - 7)  # inside the last record's pixels
+    VantixDataset(packed)  # lengths are intact: opening still works...
+    with pytest.raises(VantixError, match=r"shard-00000\.vxs.*record 11"):
+        vantix.verify(packed)  # ...but verification names the shard and the record
+    proc = run_cli("verify", packed, check=False)
+    assert proc.returncode == 1 and "shard-00000.vxs" in proc.stderr
+
+
+def test_not_an_image_folder(tmp_path):
+    with pytest.raises(VantixError, match="not a directory"):
+        vantix.pack(tmp_path / "missing", tmp_path / "o.vtx")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.png").write_bytes(b"")
+    with pytest.raises(VantixError, match="no class folders"):
+        vantix.pack(tmp_path / "flat", tmp_path / "o.vtx")
+    (tmp_path / "flat" / "empty_class").mkdir()
+    with pytest.raises(VantixError, match="no valid file for the classes empty_class"):
+        vantix.pack(tmp_path / "flat", tmp_path / "o.vtx")
