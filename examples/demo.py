@@ -39,11 +39,12 @@ from typing import Optional, Sequence
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import prepare_data  # noqa: E402
 import torch  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
-import vantix  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
+
+import prepare_data  # noqa: E402
+import vantix  # noqa: E402
 
 SIZE = 224
 PAGE = 4096  # one byte of every page of a batch is read

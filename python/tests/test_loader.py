@@ -105,7 +105,9 @@ def test_epochs_differ_and_shuffle_off_keeps_packed_order(path):
 def test_same_seed_and_epoch_same_batches_for_any_threads_and_prefetch(path):
     runs = []
     for num_threads, prefetch in [(1, 1), (2, 3), (2, 8)]:
-        loader = VantixLoader(path, batch_size=16, seed=42, num_threads=num_threads, prefetch=prefetch)
+        loader = VantixLoader(
+            path, batch_size=16, seed=42, num_threads=num_threads, prefetch=prefetch
+        )
         loader.set_epoch(3)
         runs.append(_epoch(loader))
     for other in runs[1:]:
@@ -152,7 +154,7 @@ def test_held_batches_never_change_while_iterating(path):
         # Iterate more epochs while holding: new batches must come from new buffers.
         for _ in VantixLoader(path, batch_size=8, prefetch=1):
             pass
-        for k, (tensor, view, labels) in enumerate(held):
+        for k, (tensor, view, _labels) in enumerate(held):
             expect = _gather(ds, indices[k * 8 : (k + 1) * 8])
             np.testing.assert_array_equal(tensor.numpy(), expect)
             np.testing.assert_array_equal(view, expect)
@@ -195,7 +197,7 @@ def _fds():
 
 
 def test_abandoning_loaders_stops_threads_and_leaks_nothing(path):
-    for x, _ in VantixLoader(path, batch_size=4):  # warm up: lazy imports, pools
+    for _ in VantixLoader(path, batch_size=4):  # warm up: lazy imports, pools
         break
     gc.collect()
     time.sleep(0.2)
@@ -203,10 +205,11 @@ def test_abandoning_loaders_stops_threads_and_leaks_nothing(path):
     for i in range(60):
         loader = VantixLoader(path, batch_size=4, prefetch=2, num_threads=2)
         it = iter(loader)
-        for k, (x, _) in enumerate(it):
+        for k, batch in enumerate(it):
+            held = batch  # a live batch while the loader is abandoned
             if k == i % 5:
                 break
-        del it, loader, x
+        del it, loader, held
     gc.collect()
     deadline = time.time() + 5
     while _threads() > threads0 and time.time() < deadline:

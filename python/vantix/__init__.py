@@ -1,10 +1,10 @@
 """Vantix: pack an image dataset once, then feed PyTorch from memory-mapped, shuffled batches.
 
-    >>> import vantix
-    >>> vantix.pack("train", "train.vtx", size=224)            # once
-    >>> loader = vantix.VantixLoader("train.vtx", batch_size=256, shuffle=True)
-    >>> for images, labels in loader:                            # uint8 [B, H, W, 3], int64 [B]
-    ...     ...
+>>> import vantix
+>>> vantix.pack("train", "train.vtx", size=224)            # once
+>>> loader = vantix.VantixLoader("train.vtx", batch_size=256, shuffle=True)
+>>> for images, labels in loader:                            # uint8 [B, H, W, 3], int64 [B]
+...     ...
 """
 
 from ._native import VantixError, __version__
