@@ -91,18 +91,14 @@ def _palette(rng: np.random.Generator, hue: float | None, size: int = 6) -> np.n
     return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"), np.float32)[0]
 
 
-def _pick(
-    rng: np.random.Generator, palette: np.ndarray, jitter: float = 18.0
-) -> Colour:
+def _pick(rng: np.random.Generator, palette: np.ndarray, jitter: float = 18.0) -> Colour:
     """One palette colour with a little random variation."""
     c = palette[rng.integers(len(palette))] + rng.normal(0.0, jitter, 3)
     c = np.clip(c, 0, 255)
     return int(c[0]), int(c[1]), int(c[2])
 
 
-def _smooth_field(
-    rng: np.random.Generator, width: int, height: int, cells: int
-) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, width: int, height: int, cells: int) -> np.ndarray:
     """A smooth random field in [0, 1]: a tiny random grid upsampled (float32, HxW)."""
     shape = (max(2, round(cells * height / width)), max(2, cells))
     grid = rng.random(shape, dtype=np.float32)
@@ -110,9 +106,7 @@ def _smooth_field(
     return np.asarray(img)
 
 
-def _fractal_noise(
-    rng: np.random.Generator, width: int, height: int, slope: float
-) -> np.ndarray:
+def _fractal_noise(rng: np.random.Generator, width: int, height: int, slope: float) -> np.ndarray:
     """Band-limited noise with a ~1/f amplitude spectrum and std ~1 (float32, HxW).
 
     Uniform noise is added at every octave of a pyramid, coarsest first, upsampling the
@@ -139,9 +133,7 @@ def _fractal_noise(
     return acc
 
 
-def _outline(
-    rng: np.random.Generator, w: float, h: float, kind: int | None = None
-) -> np.ndarray:
+def _outline(rng: np.random.Generator, w: float, h: float, kind: int | None = None) -> np.ndarray:
     """Vertices (n x 2, centred on 0) of a rotated shape of a w x h box.
 
     ``kind``: 0 ellipse, 1 blob, 2 polygon, 3 thin bar; random when None.
@@ -640,12 +632,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--jobs", type=int, default=os.cpu_count() or 1, help="worker processes"
-    )
-    parser.add_argument(
-        "--force", action="store_true", help="regenerate even if already there"
-    )
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
+    parser.add_argument("--force", action="store_true", help="regenerate even if already there")
     parser.add_argument(
         "--cifar-root",
         type=Path,

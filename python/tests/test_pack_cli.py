@@ -214,3 +214,24 @@ def test_not_an_image_folder(tmp_path):
     (tmp_path / "flat" / "empty_class").mkdir()
     with pytest.raises(VantixError, match="no valid file for the classes empty_class"):
         vantix.pack(tmp_path / "flat", tmp_path / "o.vtx")
+
+
+def _peak_rss_kib(*args) -> int:
+    """Peak resident memory of one `vantix-pack` run (its own rusage, via wait4)."""
+    proc = subprocess.Popen([str(BIN / "vantix-pack"), *map(str, args)], stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, proc.stderr.read()
+    return usage.ru_maxrss
+
+
+def test_packer_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    """4x the images must not mean more memory: records are written as chunks complete."""
+    small = _folder(tmp_path / "small", n_per_class=60, size=(160, 120))
+    large = _folder(tmp_path / "large", n_per_class=240, size=(160, 120))
+    args = ("--size", "128", "-j", "2", "-q")
+    rss_small = _peak_rss_kib(small, *args, "-o", tmp_path / "s.vtx")
+    rss_large = _peak_rss_kib(large, *args, "-o", tmp_path / "l.vtx")
+    packed_growth_kib = (480 - 120) * 128 * 128 * 3 // 1024  # what keeping records would cost
+    print(f"peak RSS: {rss_small} KiB (120 images), {rss_large} KiB (480 images)")
+    assert rss_large - rss_small < packed_growth_kib / 3, (rss_small, rss_large)
