@@ -131,6 +131,61 @@ thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
 }
 
+/// One resize of an RGB image with `fast_image_resize`.
+fn resize_once(
+    src: Vec<u8>,
+    (src_w, src_h): (u32, u32),
+    (dst_w, dst_h): (u32, u32),
+    interpolation: Interpolation,
+) -> Result<Vec<u8>, String> {
+    let src_img =
+        Image::from_vec_u8(src_w, src_h, src, PixelType::U8x3).map_err(|e| e.to_string())?;
+    let mut dst = Image::new(dst_w, dst_h, PixelType::U8x3);
+    let opts = ResizeOptions::new().resize_alg(interpolation.alg());
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&src_img, &mut dst, &opts))
+        .map_err(|e| e.to_string())?;
+    Ok(dst.into_vec())
+}
+
+/// Resize an RGB image from `src_size` to `dst_size` as Pillow's `Image.resize` does.
+///
+/// A convolution resize is two one-axis passes, and the intermediate image is rounded (and
+/// clipped) to 8 bits, so the order of the passes changes the result: by ~0.2 levels on average
+/// and by up to ~10 levels where bicubic/Lanczos overshoot is clipped. `fast_image_resize` always
+/// runs the vertical pass first for 8-bit images. Pillow runs the horizontal pass first, except
+/// (since Pillow 13, python-pillow/Pillow#9549) when the height shrinks by more than twice as
+/// many pixels as the width, where it runs the vertical pass first (rule checked against Pillow
+/// 13.0 on 1,600 random size pairs). The passes are run here as two one-axis resizes in Pillow
+/// 13's order, which then matches Pillow but for rare pixels one or two levels off (the fixed-
+/// point weights of `fast_image_resize` are coarser). Older Pillow versions always go
+/// horizontal first and differ from this in the vertical-first cases only. Cost: one more
+/// intermediate image; ~10% more time per image for a 500x375 centre crop from BMP, much less
+/// from JPEG, where decoding dominates.
+fn resample(
+    src: Vec<u8>,
+    src_size: (u32, u32),
+    dst_size: (u32, u32),
+    interpolation: Interpolation,
+) -> Result<Vec<u8>, String> {
+    let ((src_w, src_h), (dst_w, dst_h)) = (src_size, dst_size);
+    if src_size == dst_size {
+        return Ok(src);
+    }
+    if interpolation == Interpolation::Nearest || src_w == dst_w || src_h == dst_h {
+        return resize_once(src, src_size, dst_size, interpolation);
+    }
+    let height_shrink = src_h as i64 - dst_h as i64;
+    let width_shrink = src_w as i64 - dst_w as i64;
+    if height_shrink > 0 && height_shrink > 2 * width_shrink {
+        let vertical = resize_once(src, src_size, (src_w, dst_h), interpolation)?;
+        resize_once(vertical, (src_w, dst_h), dst_size, interpolation)
+    } else {
+        let horizontal = resize_once(src, src_size, (dst_w, src_h), interpolation)?;
+        resize_once(horizontal, (dst_w, src_h), dst_size, interpolation)
+    }
+}
+
 /// Resize an RGB image to `spec` (HWC uint8, `width * height * 3` bytes).
 pub fn resize_rgb(
     src: Vec<u8>,
@@ -139,18 +194,7 @@ pub fn resize_rgb(
     spec: &ResizeSpec,
 ) -> Result<Vec<u8>, String> {
     let (nw, nh) = resized_size(src_w, src_h, spec);
-    let resized = if (nw, nh) == (src_w, src_h) {
-        src
-    } else {
-        let src_img =
-            Image::from_vec_u8(src_w, src_h, src, PixelType::U8x3).map_err(|e| e.to_string())?;
-        let mut dst = Image::new(nw, nh, PixelType::U8x3);
-        let opts = ResizeOptions::new().resize_alg(spec.interpolation.alg());
-        RESIZER
-            .with(|r| r.borrow_mut().resize(&src_img, &mut dst, &opts))
-            .map_err(|e| e.to_string())?;
-        dst.into_vec()
-    };
+    let resized = resample(src, (src_w, src_h), (nw, nh), spec.interpolation)?;
     let (tw, th) = (spec.width, spec.height);
     if (nw, nh) == (tw, th) {
         return Ok(resized);
