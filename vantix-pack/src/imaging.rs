@@ -268,11 +268,15 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32), 
 /// Decode and resize one file's bytes into a packed record. A panic inside a decoder (they can
 /// panic on hostile input) is caught and reported as an error for this file only.
 pub fn process(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
-    let run = || {
+    isolate(|| {
         let (rgb, w, h) = decode_rgb(bytes, spec.max_pixels)?;
         resize_rgb(rgb, w, h, spec)
-    };
-    match catch_unwind(AssertUnwindSafe(run)) {
+    })
+}
+
+/// Run `f`, turning a panic into an error that carries the panic message.
+pub fn isolate<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
             let msg = p
@@ -331,6 +335,13 @@ mod tests {
         assert_eq!(out.len(), 4 * 4 * 3);
         assert_eq!(&out[..3], &[1, 2, 3]);
         assert_eq!(&out[4 * 3..4 * 3 + 3], &[200, 200, 200]);
+    }
+
+    #[test]
+    fn a_panic_becomes_an_error_for_that_file() {
+        let r: Result<(), String> = isolate(|| panic!("boom at row {}", 7));
+        assert_eq!(r, Err("decoder panicked: boom at row 7".to_string()));
+        assert_eq!(isolate(|| Ok(3)), Ok(3));
     }
 
     #[test]
