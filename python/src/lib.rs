@@ -119,7 +119,7 @@ struct Loader {
 #[pymethods]
 impl Loader {
     #[new]
-    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size))]
+    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size, drop_remainder))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dataset: &Dataset,
@@ -131,6 +131,7 @@ impl Loader {
         num_threads: Option<usize>,
         rank: usize,
         world_size: usize,
+        drop_remainder: bool,
     ) -> PyResult<Self> {
         let config = LoaderConfig {
             batch_size,
@@ -141,6 +142,7 @@ impl Loader {
             num_threads,
             rank,
             world_size,
+            drop_remainder,
         };
         let loader = vantix_read::Loader::new(Arc::clone(&dataset.inner), config).map_err(err)?;
         Ok(Loader {
@@ -152,21 +154,30 @@ impl Loader {
         self.inner.num_batches()
     }
 
-    /// This rank's sample indices for `epoch`, in the order the batches yield them.
-    fn epoch_indices<'py>(&self, py: Python<'py>, epoch: u64) -> Bound<'py, PyArray1<i64>> {
+    /// This rank's sample indices for `epoch` entered `start` samples into its permutation,
+    /// in the order the batches yield them.
+    #[pyo3(signature = (epoch, start=0))]
+    fn epoch_indices<'py>(
+        &self,
+        py: Python<'py>,
+        epoch: u64,
+        start: u64,
+    ) -> Bound<'py, PyArray1<i64>> {
         let v: Vec<i64> = py.detach(|| {
-            self.inner
-                .epoch_indices(epoch)
-                .into_iter()
-                .map(|i| i as i64)
-                .collect()
+            let idx = self.inner.epoch_indices(epoch, start);
+            idx.into_iter().map(|i| i as i64).collect()
         });
         PyArray1::from_vec(py, v)
     }
 
-    /// Start the prefetch thread for `epoch`, from batch `start_batch`.
-    fn iter_epoch(&self, py: Python<'_>, epoch: u64, start_batch: usize) -> EpochIterator {
-        let it = py.detach(|| self.inner.epoch(epoch, start_batch));
+    /// Batches this rank yields in an epoch entered `start` samples into its permutation.
+    fn num_batches_from(&self, start: u64) -> usize {
+        self.inner.num_batches_from(start)
+    }
+
+    /// Start the prefetch thread for `epoch`, `start` samples (all ranks) into its permutation.
+    fn iter_epoch(&self, py: Python<'_>, epoch: u64, start: u64) -> EpochIterator {
+        let it = py.detach(|| self.inner.epoch(epoch, start));
         let (h, w, c) = {
             let g = self.inner.dataset().geometry();
             (g.height as usize, g.width as usize, g.channels as usize)

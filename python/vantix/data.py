@@ -150,7 +150,13 @@ class VantixLoader:
         num_threads: threads assembling a batch (default: all cores).
         rank: this process's rank; default from ``torch.distributed`` or ``RANK``, else 0.
         world_size: number of ranks; default from ``torch.distributed`` or ``WORLD_SIZE``,
-            else 1. Each rank reads its own share of the same permutation.
+            else 1. Each rank reads its own share of the same permutation: positions
+            ``rank, rank + world_size, ...`` (as ``DistributedSampler``), so every rank gets the
+            same number of batches.
+        ddp_remainder: when the epoch does not split evenly over the ranks, ``"pad"`` (the
+            default) repeats the first samples of the permutation to fill the last places, as
+            ``DistributedSampler(drop_last=False)``; ``"drop"`` leaves the last samples of the
+            permutation out, as ``DistributedSampler(drop_last=True)``.
 
     Raises:
         VantixError: the dataset cannot be opened or an option is invalid.
@@ -167,6 +173,7 @@ class VantixLoader:
         num_threads: Optional[int] = None,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
+        ddp_remainder: str = "pad",
     ) -> None:
         self.dataset = path if isinstance(path, VantixDataset) else VantixDataset(path)
         self.batch_size = batch_size
@@ -181,6 +188,11 @@ class VantixLoader:
                 raise _native.VantixError(f"{name} must be an int >= {low}, got {value!r}")
         if seed < 0:
             raise _native.VantixError(f"seed must be >= 0, got {seed}")
+        if ddp_remainder not in ("pad", "drop"):
+            raise _native.VantixError(
+                f"ddp_remainder must be 'pad' or 'drop', got {ddp_remainder!r}"
+            )
+        self.ddp_remainder = ddp_remainder
         self._native = _native.Loader(
             self.dataset._native,
             batch_size,
@@ -191,8 +203,13 @@ class VantixLoader:
             num_threads,
             self.rank,
             self.world_size,
+            ddp_remainder == "drop",
         )
         self._epoch = 0
+        # Where the next pass starts inside its epoch (set by load_state_dict), and the
+        # progress of the pass in flight (read by state_dict).
+        self._resume_start = 0
+        self._progress: Optional[_Progress] = None
 
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
@@ -209,9 +226,13 @@ class VantixLoader:
             raise _native.VantixError(f"epoch must be >= 0, got {epoch}")
         self._epoch = int(epoch)
 
-    def epoch_indices(self, epoch: int) -> np.ndarray:
-        """Dataset indices this rank sees in ``epoch``, in batch order (int64)."""
-        return self._native.epoch_indices(epoch)
+    def epoch_indices(self, epoch: int, samples_seen: int = 0) -> np.ndarray:
+        """Dataset indices this rank sees in ``epoch``, in batch order (int64).
+
+        ``samples_seen``: start that many samples (all ranks together) into the epoch, as a
+        pass resumed from a :meth:`state_dict` does.
+        """
+        return self._native.epoch_indices(epoch, samples_seen)
 
     @property
     def classes(self) -> list[str]:
@@ -227,9 +248,67 @@ class VantixLoader:
         return self.dataset.num_samples
 
     def __iter__(self) -> _BatchIterator:
-        epoch = self._epoch
+        epoch, start = self._epoch, self._resume_start
         self._epoch += 1
-        return _BatchIterator(self._native.iter_epoch(epoch, 0), epoch)
+        self._resume_start = 0
+        total = self._native.num_batches_from(start)
+        self._progress = _Progress(epoch, start, total)
+        return _BatchIterator(self._native.iter_epoch(epoch, start), self._progress)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where iteration stands, for an exact resume with :meth:`load_state_dict`.
+
+        Take it between batches (as with a model checkpoint); under DDP every rank's state is
+        the same, so the one saved by rank 0 serves all ranks. ``samples_seen`` counts the
+        samples of the current epoch consumed by all ranks together.
+        """
+        p = self._progress
+        if p is not None and p.batches < p.total:
+            epoch = p.epoch
+            seen = p.start + p.batches * self.batch_size * self.world_size
+        else:
+            epoch, seen = self._epoch, self._resume_start
+        return {
+            "version": 1,
+            "epoch": epoch,
+            "samples_seen": seen,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "drop_last": self.drop_last,
+            "ddp_remainder": self.ddp_remainder,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`, also in a new process.
+
+        The next pass yields exactly the batches the interrupted run had left in that epoch
+        (byte-identical, augmentation included), and the epochs after it match too. Resuming
+        with another ``world_size`` (or ``batch_size``) is supported: the ranks split what is
+        left of the epoch's permutation, so over all ranks every sample of the epoch is still
+        seen exactly once (plus the usual ``ddp_remainder`` padding at the end).
+
+        Raises:
+            VantixError: the state comes from another dataset, seed or shuffle setting, whose
+                permutation would differ.
+        """
+        try:
+            version, epoch, seen = state["version"], state["epoch"], state["samples_seen"]
+        except (KeyError, TypeError) as e:
+            raise _native.VantixError(f"not a VantixLoader state_dict: missing {e}") from None
+        if version != 1:
+            raise _native.VantixError(f"unsupported state_dict version {version!r}")
+        for key in ("seed", "shuffle", "num_samples"):
+            if state.get(key) != getattr(self, key):
+                raise _native.VantixError(
+                    f"cannot resume: state_dict has {key}={state.get(key)!r} but this loader has "
+                    f"{key}={getattr(self, key)!r}; the epoch's permutation would differ"
+                )
+        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(seen, int) and seen >= 0):
+            raise _native.VantixError(f"invalid state_dict position: epoch={epoch}, seen={seen}")
+        self._epoch, self._resume_start, self._progress = epoch, seen, None
 
     def __repr__(self) -> str:
         return (
@@ -239,19 +318,33 @@ class VantixLoader:
         )
 
 
+class _Progress:
+    """How far the pass over one epoch has got (shared by a loader and its iterator)."""
+
+    __slots__ = ("batches", "epoch", "start", "total")
+
+    def __init__(self, epoch: int, start: int, total: int) -> None:
+        self.epoch, self.start, self.total, self.batches = epoch, start, total, 0
+
+
 class _BatchIterator:
     """One epoch of batches. Dropping it (or :meth:`close`) stops the prefetch thread."""
 
-    def __init__(self, native: Any, epoch: int) -> None:
+    def __init__(self, native: Any, progress: _Progress) -> None:
         self._native = native
-        self.epoch = epoch
+        self._progress = progress
+        self.epoch = progress.epoch
         self._torch = _torch()
+
+    def __len__(self) -> int:
+        return self._progress.total - self._progress.batches
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return self
 
     def __next__(self) -> tuple[Any, Any]:
         images, labels, _indices = next(self._native)
+        self._progress.batches += 1
         torch = self._torch
         if torch is not None:
             return torch.from_numpy(images), torch.from_numpy(labels)

@@ -31,6 +31,9 @@ pub struct LoaderConfig {
     pub num_threads: Option<usize>,
     pub rank: usize,
     pub world_size: usize,
+    /// Make an uneven split over ranks even by dropping the tail instead of padding
+    /// (see [`Sampler::drop_remainder`]).
+    pub drop_remainder: bool,
 }
 
 impl Default for LoaderConfig {
@@ -44,6 +47,7 @@ impl Default for LoaderConfig {
             num_threads: None,
             rank: 0,
             world_size: 1,
+            drop_remainder: false,
         }
     }
 }
@@ -124,7 +128,7 @@ pub struct Batch {
     pub labels: Vec<i64>,
     /// Dataset index of each image, in batch order.
     pub indices: Vec<u64>,
-    /// Position of this batch within the epoch.
+    /// Position of this batch within this iteration (from the `start` it began at).
     pub batch_index: usize,
 }
 
@@ -198,25 +202,30 @@ impl Loader {
             seed: self.config.seed,
             rank: self.config.rank,
             world_size: self.config.world_size,
+            drop_remainder: self.config.drop_remainder,
         }
     }
 
     /// Batches per epoch for this rank.
     pub fn num_batches(&self) -> usize {
-        let per = self.sampler().samples_per_rank();
-        if self.dataset.is_empty() {
-            0
-        } else if self.config.drop_last {
+        self.num_batches_from(0)
+    }
+
+    /// Batches this rank yields in an epoch entered `start` samples into the permutation.
+    pub fn num_batches_from(&self, start: u64) -> usize {
+        let per = self.sampler().samples_per_rank(start);
+        if self.config.drop_last {
             per / self.config.batch_size
         } else {
             per.div_ceil(self.config.batch_size)
         }
     }
 
-    /// This rank's sample order for `epoch`, cut to the batches the epoch yields.
-    pub fn epoch_indices(&self, epoch: u64) -> Vec<u64> {
-        let mut idx = self.sampler().rank_indices(epoch);
-        idx.truncate((self.num_batches() * self.config.batch_size).min(idx.len()));
+    /// This rank's sample order for `epoch`, starting `start` samples into the permutation
+    /// (all ranks together; 0 for a whole epoch), cut to the batches the epoch yields.
+    pub fn epoch_indices(&self, epoch: u64, start: u64) -> Vec<u64> {
+        let mut idx = self.sampler().rank_indices(epoch, start);
+        idx.truncate((self.num_batches_from(start) * self.config.batch_size).min(idx.len()));
         idx
     }
 
@@ -225,21 +234,23 @@ impl Loader {
         assemble(&self.dataset, &self.threads, indices, out)
     }
 
-    /// Start iterating `epoch` from batch `start_batch`, with a prefetch thread.
-    pub fn epoch(&self, epoch: u64, start_batch: usize) -> EpochIter {
+    /// Start iterating `epoch`, `start` samples into its permutation (all ranks together: after
+    /// `k` batches on each of `world_size` ranks, `start = k * batch_size * world_size`), with a
+    /// prefetch thread.
+    pub fn epoch(&self, epoch: u64, start: u64) -> EpochIter {
         let (tx, rx) = bounded(self.config.prefetch);
         let stop = Arc::new(AtomicBool::new(false));
         let dataset = Arc::clone(&self.dataset);
         let threads = Arc::clone(&self.threads);
         let buffers = Arc::clone(&self.buffers);
-        let order = self.epoch_indices(epoch);
+        let order = self.epoch_indices(epoch, start);
         let bs = self.config.batch_size;
         let rb = dataset.record_bytes();
         let stop2 = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("vantix-prefetch".into())
             .spawn(move || {
-                for (b, indices) in order.chunks(bs).enumerate().skip(start_batch) {
+                for (b, indices) in order.chunks(bs).enumerate() {
                     if stop2.load(Ordering::Relaxed) {
                         return;
                     }

@@ -55,6 +55,11 @@ pub struct Sampler {
     pub seed: u64,
     pub rank: usize,
     pub world_size: usize,
+    /// How an epoch that does not split evenly over the ranks is made even: `false` pads by
+    /// wrapping around to the start of the permutation (every sample is seen, a few twice, as
+    /// `DistributedSampler(drop_last=False)`); `true` drops the tail of the permutation (every
+    /// sample at most once, as `DistributedSampler(drop_last=True)`).
+    pub drop_remainder: bool,
 }
 
 impl Sampler {
@@ -71,22 +76,30 @@ impl Sampler {
         order
     }
 
-    /// Samples per rank: every rank gets the same number. The permutation is padded by wrapping
-    /// around to a multiple of `world_size` (as `torch.utils.data.DistributedSampler` does).
-    pub fn samples_per_rank(&self) -> usize {
-        (self.num_samples as usize).div_ceil(self.world_size.max(1))
+    /// Samples per rank in an epoch that starts `start` samples into the permutation: every
+    /// rank gets the same number.
+    pub fn samples_per_rank(&self, start: u64) -> usize {
+        let rest = self.num_samples.saturating_sub(start) as usize;
+        let w = self.world_size.max(1);
+        if self.drop_remainder {
+            rest / w
+        } else {
+            rest.div_ceil(w)
+        }
     }
 
-    /// This rank's samples for `epoch`, in order: positions `rank, rank + world_size, ...` of the
-    /// padded permutation.
-    pub fn rank_indices(&self, epoch: u64) -> Vec<u64> {
+    /// This rank's samples for `epoch`, skipping the first `start` samples of the permutation
+    /// (already consumed by all ranks together, e.g. before a checkpoint): positions
+    /// `start + rank, start + rank + world_size, ...`, wrapping around to the start of the
+    /// permutation to pad. With `start = 0` this is `DistributedSampler`'s split; resuming
+    /// from `start = k * batch_size * world_size` continues an interrupted epoch exactly, and
+    /// with another `world_size` still visits every remaining sample once.
+    pub fn rank_indices(&self, epoch: u64, start: u64) -> Vec<u64> {
         let perm = self.permutation(epoch);
-        if self.world_size <= 1 || perm.is_empty() {
-            return perm;
-        }
-        let per = self.samples_per_rank();
-        (0..per)
-            .map(|k| perm[(k * self.world_size + self.rank) % perm.len()])
+        let n = perm.len() as u64;
+        let w = self.world_size.max(1) as u64;
+        (0..self.samples_per_rank(start) as u64)
+            .map(|k| perm[((start + k * w + self.rank as u64) % n) as usize])
             .collect()
     }
 }
@@ -102,7 +115,21 @@ mod tests {
             seed: 7,
             rank: 0,
             world_size: 1,
+            drop_remainder: false,
         }
+    }
+
+    fn ranks(n: u64, world_size: usize, drop_remainder: bool) -> Vec<Sampler> {
+        (0..world_size)
+            .map(|rank| Sampler {
+                num_samples: n,
+                shuffle: true,
+                seed: 1,
+                rank,
+                world_size,
+                drop_remainder,
+            })
+            .collect()
     }
 
     #[test]
@@ -121,23 +148,54 @@ mod tests {
     }
 
     #[test]
-    fn ranks_are_disjoint_and_cover() {
-        let mut all = Vec::new();
-        for rank in 0..3 {
-            let s = Sampler {
-                num_samples: 10,
-                shuffle: true,
-                seed: 1,
-                rank,
-                world_size: 3,
-            };
-            let idx = s.rank_indices(2);
-            assert_eq!(idx.len(), 4);
-            all.extend(idx);
-        }
+    fn ranks_pad_or_drop_evenly() {
+        // 10 samples over 3 ranks: padded to 12 (two samples twice) or cut to 9.
+        let padded: Vec<Vec<u64>> = ranks(10, 3, false)
+            .iter()
+            .map(|s| s.rank_indices(2, 0))
+            .collect();
+        assert!(padded.iter().all(|r| r.len() == 4));
+        let mut all: Vec<u64> = padded.concat();
         all.sort_unstable();
         all.dedup();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
+        let perm = ranks(10, 3, false)[0].permutation(2);
+        assert_eq!(padded[1][3], perm[0]); // position 10 wraps to 0
+        let dropped: Vec<u64> = ranks(10, 3, true)
+            .iter()
+            .flat_map(|s| s.rank_indices(2, 0))
+            .collect();
+        assert_eq!(dropped.len(), 9);
+        let mut d = dropped.clone();
+        d.sort_unstable();
+        d.dedup();
+        assert_eq!(d.len(), 9);
+    }
+
+    #[test]
+    fn resuming_continues_the_same_order() {
+        for s in ranks(23, 2, false) {
+            let full = s.rank_indices(4, 0);
+            let k = 3; // batches of 2 consumed on every rank
+            assert_eq!(s.rank_indices(4, (k * 2 * 2) as u64), full[k * 2..]);
+        }
+    }
+
+    #[test]
+    fn resuming_with_another_world_size_sees_each_sample_once() {
+        let consumed: Vec<u64> = ranks(30, 2, true)
+            .iter()
+            .flat_map(|s| s.rank_indices(0, 0)[..4].to_vec())
+            .collect();
+        let rest: Vec<u64> = ranks(30, 3, true)
+            .iter()
+            .flat_map(|s| s.rank_indices(0, 8))
+            .collect();
+        let mut all = [consumed, rest].concat();
+        assert_eq!(all.len(), 8 + 21);
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 29); // 22 remaining over 3 ranks: one dropped, none twice
     }
 
     #[test]
