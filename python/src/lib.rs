@@ -11,7 +11,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use vantix_pack::{Interpolation, PackOptions, ResizeMode, ResizeSpec};
-use vantix_read::{Codec, EpochIter, LoaderConfig, PooledBuffer};
+use vantix_read::{Codec, DType, EpochIter, Layout, LoaderConfig, Order, PooledBuffer};
 
 create_exception!(
     vantix,
@@ -111,6 +111,67 @@ struct BatchBuffer {
     _buf: PooledBuffer,
 }
 
+/// Augmentation and output conversion done by the assembler (see `vantix_read::Transform`);
+/// sizes are `(height, width)`.
+#[pyclass(frozen, module = "vantix._native")]
+struct Transform {
+    inner: vantix_read::Transform,
+}
+
+#[pymethods]
+impl Transform {
+    #[new]
+    #[pyo3(signature = (*, random_crop=None, padding=0, random_resized_crop=None, scale=(0.08, 1.0), ratio=(0.75, 4.0 / 3.0), center_crop=None, hflip=0.0, mean=None, std=None, dtype="uint8", layout="NHWC"))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        random_crop: Option<(u32, u32)>,
+        padding: u32,
+        random_resized_crop: Option<(u32, u32)>,
+        scale: (f64, f64),
+        ratio: (f64, f64),
+        center_crop: Option<(u32, u32)>,
+        hflip: f64,
+        mean: Option<[f32; 3]>,
+        std: Option<[f32; 3]>,
+        dtype: &str,
+        layout: &str,
+    ) -> PyResult<Self> {
+        let dtype = DType::parse(dtype).ok_or_else(|| {
+            VantixError::new_err(format!(
+                "dtype must be 'uint8', 'float32' or 'float16', got {dtype:?}"
+            ))
+        })?;
+        let layout = Layout::parse(layout).ok_or_else(|| {
+            VantixError::new_err(format!("layout must be 'NHWC' or 'NCHW', got {layout:?}"))
+        })?;
+        let d = vantix_read::Transform::default();
+        Ok(Transform {
+            inner: vantix_read::Transform {
+                random_crop,
+                padding,
+                random_resized_crop,
+                scale,
+                ratio,
+                center_crop,
+                hflip,
+                mean: mean.unwrap_or(d.mean),
+                std: std.unwrap_or(d.std),
+                dtype,
+                layout,
+            },
+        })
+    }
+
+    /// Check the options against images of `height x width`.
+    fn validate(&self, height: u32, width: u32) -> PyResult<()> {
+        self.inner.validate(height, width).map_err(err)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
+    }
+}
+
 #[pyclass(frozen, module = "vantix._native")]
 struct Loader {
     inner: Arc<vantix_read::Loader>,
@@ -119,7 +180,7 @@ struct Loader {
 #[pymethods]
 impl Loader {
     #[new]
-    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size, drop_remainder))]
+    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size, drop_remainder, transform=None, order="random", block_size=256, block_window=16, indices=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dataset: &Dataset,
@@ -132,10 +193,29 @@ impl Loader {
         rank: usize,
         world_size: usize,
         drop_remainder: bool,
+        transform: Option<PyRef<'_, Transform>>,
+        order: &str,
+        block_size: u64,
+        block_window: u64,
+        indices: Option<Vec<u64>>,
     ) -> PyResult<Self> {
+        let order = match (shuffle, order) {
+            (false, _) => Order::Sequential,
+            (true, "random") => Order::Random,
+            (true, "block") => Order::Block {
+                block_size: block_size.max(1),
+                window: block_window.max(1),
+            },
+            (true, other) => {
+                return Err(VantixError::new_err(format!(
+                    "order must be 'random' or 'block', got {other:?}"
+                )))
+            }
+        };
         let config = LoaderConfig {
             batch_size,
-            shuffle,
+            order,
+            indices: indices.map(Arc::from),
             seed,
             drop_last,
             prefetch,
@@ -143,6 +223,7 @@ impl Loader {
             rank,
             world_size,
             drop_remainder,
+            transform: transform.map(|t| t.inner.clone()).unwrap_or_default(),
         };
         let loader = vantix_read::Loader::new(Arc::clone(&dataset.inner), config).map_err(err)?;
         Ok(Loader {
@@ -178,14 +259,20 @@ impl Loader {
     /// Start the prefetch thread for `epoch`, `start` samples (all ranks) into its permutation.
     fn iter_epoch(&self, py: Python<'_>, epoch: u64, start: u64) -> EpochIterator {
         let it = py.detach(|| self.inner.epoch(epoch, start));
-        let (h, w, c) = {
-            let g = self.inner.dataset().geometry();
-            (g.height as usize, g.width as usize, g.channels as usize)
-        };
-        EpochIterator {
-            it: Some(it),
-            shape: (h, w, c),
-        }
+        EpochIterator { it: Some(it) }
+    }
+
+    /// The augmentation drawn for dataset sample `index` in `epoch`:
+    /// `(top, left, height, width, flip)`, the crop in packed-image pixels (negative inside the
+    /// zero padding), as `torchvision.transforms.functional.crop` takes it.
+    fn transform_params(&self, epoch: u64, index: u64) -> (i64, i64, u32, u32, bool) {
+        let p = self.inner.transform_params(epoch, index);
+        (p.top, p.left, p.height, p.width, p.flip)
+    }
+
+    /// Shape of a batch of `n` images as the loader yields it.
+    fn batch_shape(&self, n: usize) -> [usize; 4] {
+        self.inner.batch_shape(n)
     }
 
     /// Buffers currently waiting in the pool (for tests of buffer recycling).
@@ -194,15 +281,15 @@ impl Loader {
     }
 }
 
-/// Iterator over one epoch: `(images [B,H,W,C] uint8, labels [B] int64, indices [B] int64)`.
+/// Iterator over one epoch: `(images, labels [B] int64, indices [B] int64)`, images
+/// `[B,H,W,C]` uint8 without a transform, else in the transform's layout and dtype.
 #[pyclass(module = "vantix._native")]
 struct EpochIterator {
     it: Option<EpochIter>,
-    shape: (usize, usize, usize),
 }
 
 type BatchArrays<'py> = (
-    Bound<'py, PyArray4<u8>>,
+    Bound<'py, PyAny>,
     Bound<'py, PyArray1<i64>>,
     Bound<'py, PyArray1<i64>>,
 );
@@ -229,18 +316,30 @@ impl EpochIterator {
             }
             Some(Ok(b)) => b,
         };
-        let (h, w, c) = self.shape;
-        let n = batch.len();
+        let (shape, dtype) = (batch.shape, batch.dtype);
         let ptr = batch.images.as_ptr();
         let labels = PyArray1::from_vec(py, batch.labels);
         let indices = PyArray1::from_vec(py, batch.indices.into_iter().map(|i| i as i64).collect());
-        let owner = Bound::new(py, BatchBuffer { _buf: batch.images })?;
+        let owner = Bound::new(py, BatchBuffer { _buf: batch.images })?.into_any();
         // SAFETY: `ptr` points into the heap allocation owned by `owner`, which is not resized
         // or freed while it lives; numpy keeps `owner` alive as the array's base object, so the
-        // buffer returns to the pool only after the last view of it is gone.
+        // buffer returns to the pool only after the last view of it is gone. The buffer holds
+        // exactly `shape` elements of `dtype` and is 64-byte aligned (the pool's storage).
         let images = unsafe {
-            let view = ArrayView4::from_shape_ptr([n, h, w, c], ptr);
-            PyArray4::borrow_from_array(&view, owner.into_any())
+            match dtype {
+                DType::Uint8 => {
+                    let view = ArrayView4::from_shape_ptr(shape, ptr);
+                    PyArray4::borrow_from_array(&view, owner).into_any()
+                }
+                DType::Float32 => {
+                    let view = ArrayView4::from_shape_ptr(shape, ptr.cast::<f32>());
+                    PyArray4::borrow_from_array(&view, owner).into_any()
+                }
+                DType::Float16 => {
+                    let view = ArrayView4::from_shape_ptr(shape, ptr.cast::<half::f16>());
+                    PyArray4::borrow_from_array(&view, owner).into_any()
+                }
+            }
         };
         Ok(Some((images, labels, indices)))
     }
@@ -337,6 +436,23 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
     py.detach(|| vantix_pack::cli::run(argv))
 }
 
+/// A reproducible `(train, val)` split of sample indices (see `vantix.train_val_split`).
+#[pyfunction]
+fn train_val_split<'py>(
+    py: Python<'py>,
+    labels: Vec<u32>,
+    fraction: f64,
+    seed: u64,
+    stratify: bool,
+) -> (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>) {
+    let (train, val) = vantix_read::train_val_split(&labels, fraction, seed, stratify);
+    let to_i64 = |v: Vec<u64>| v.into_iter().map(|i| i as i64).collect::<Vec<_>>();
+    (
+        PyArray1::from_vec(py, to_i64(train)),
+        PyArray1::from_vec(py, to_i64(val)),
+    )
+}
+
 /// Parse a byte size such as `512M`, `1G` or `4096` (binary multiples).
 #[pyfunction]
 fn parse_bytes(text: &str) -> PyResult<u64> {
@@ -349,10 +465,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Dataset>()?;
     m.add_class::<Loader>()?;
+    m.add_class::<Transform>()?;
     m.add_class::<EpochIterator>()?;
     m.add_class::<BatchBuffer>()?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(parse_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(train_val_split, m)?)?;
     Ok(())
 }

@@ -131,13 +131,163 @@ def _distributed_defaults(rank: Optional[int], world_size: Optional[int]) -> tup
     return r, w
 
 
+_OUT_DTYPES = ("uint8", "float32", "float16")
+
+
+def _size_arg(name: str, value: Any) -> Optional[tuple[int, int]]:
+    """``None``, an int ``s`` (``(s, s)``) or ``(h, w)`` (or ``(s,)``), as torchvision takes."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        size: tuple[Any, ...] = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) in (1, 2):
+        size = tuple(value) * (3 - len(value))
+    else:
+        raise _native.VantixError(f"{name} must be an int or (height, width), got {value!r}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size):
+        raise _native.VantixError(f"{name} must be an int or (height, width), got {value!r}")
+    if min(size) < 1:
+        raise _native.VantixError(f"{name} must be at least 1 pixel per side, got {value!r}")
+    return int(size[0]), int(size[1])
+
+
+def _range_arg(name: str, value: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise _native.VantixError(f"{name} must be a pair (low, high), got {value!r}") from None
+    if not 0 < low <= high < float("inf"):
+        raise _native.VantixError(f"{name} must be (low, high) with 0 < low <= high, got {value!r}")
+    return low, high
+
+
+def _channels_arg(name: str, value: Any) -> tuple[float, float, float]:
+    """One number per RGB channel (a single number is used for all three)."""
+    try:
+        values = [float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64))]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise _native.VantixError(f"{name} must be 3 finite numbers (R, G, B), got {value!r}")
+    return values[0], values[1], values[2]
+
+
+def _dtype_arg(dtype: Any) -> str:
+    """``"uint8"``, ``"float32"`` or ``"float16"`` from a name, a numpy or a torch dtype."""
+    torch = _torch()
+    name: Optional[str] = None
+    if torch is not None and isinstance(dtype, torch.dtype):
+        name = {torch.uint8: "uint8", torch.float32: "float32", torch.float16: "float16"}.get(dtype)
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = None
+    if name not in _OUT_DTYPES:
+        raise _native.VantixError(
+            f"dtype must be uint8, float32 or float16 (a name, numpy or torch dtype), got {dtype!r}"
+        )
+    return name
+
+
+def _make_transform(
+    random_crop: Any,
+    padding: Any,
+    random_resized_crop: Any,
+    scale: Any,
+    ratio: Any,
+    center_crop: Any,
+    horizontal_flip: Any,
+    mean: Any,
+    std: Any,
+    dtype: Any,
+    layout: Any,
+    channels_last: bool,
+) -> Any:
+    """The native transform for :class:`VantixLoader`'s options (``None``: plain batches)."""
+    sizes = {
+        "random_crop": _size_arg("random_crop", random_crop),
+        "random_resized_crop": _size_arg("random_resized_crop", random_resized_crop),
+        "center_crop": _size_arg("center_crop", center_crop),
+    }
+    given = [k for k, v in sizes.items() if v is not None]
+    if len(given) > 1:
+        raise _native.VantixError(
+            f"give at most one of random_crop, random_resized_crop and center_crop, got {given}"
+        )
+    if not isinstance(padding, (int, np.integer)) or isinstance(padding, bool) or padding < 0:
+        raise _native.VantixError(f"padding must be an int >= 0, got {padding!r}")
+    if padding and sizes["random_crop"] is None:
+        raise _native.VantixError("padding is only used with random_crop")
+    try:
+        p = float(horizontal_flip)
+    except (TypeError, ValueError):
+        p = float("nan")
+    if not 0.0 <= p <= 1.0:
+        raise _native.VantixError(
+            f"horizontal_flip is a probability in [0, 1], got {horizontal_flip!r}"
+        )
+    if (mean is None) != (std is None):
+        raise _native.VantixError("give both mean and std (Normalize), or neither")
+    dtype_name = _dtype_arg(dtype)
+    scale, ratio = _range_arg("scale", scale), _range_arg("ratio", ratio)
+    norm = None
+    if mean is not None:
+        norm = (_channels_arg("mean", mean), _channels_arg("std", std))
+        if 0.0 in norm[1]:
+            raise _native.VantixError(f"std must not contain 0, got {std!r}")
+        if dtype_name == "uint8":
+            raise _native.VantixError(
+                "mean/std normalisation needs dtype float32 or float16 (uint8 output is the raw "
+                "pixel values)"
+            )
+    layout_name = str(layout).upper()
+    if layout_name not in ("NHWC", "NCHW"):
+        raise _native.VantixError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
+    if channels_last and layout_name != "NCHW":
+        raise _native.VantixError(
+            "channels_last=True gives NCHW-shaped batches in channels-last memory: "
+            "use it with layout='NCHW'"
+        )
+    native_layout = "NHWC" if channels_last else layout_name
+    plain = (
+        not given
+        and p == 0.0
+        and norm is None
+        and dtype_name == "uint8"
+        and native_layout == "NHWC"
+    )
+    if plain:
+        return None
+    return _native.Transform(
+        random_crop=sizes["random_crop"],
+        padding=int(padding),
+        random_resized_crop=sizes["random_resized_crop"],
+        scale=scale,
+        ratio=ratio,
+        center_crop=sizes["center_crop"],
+        hflip=p,
+        mean=None if norm is None else norm[0],
+        std=None if norm is None else norm[1],
+        dtype=dtype_name,
+        layout=native_layout,
+    )
+
+
 class VantixLoader:
     """Shuffled, prefetched batches of a packed dataset, assembled in Rust.
 
     Iterating yields ``(images, labels)``: images ``uint8`` of shape ``[B, H, W, 3]`` and labels
     ``int64`` of shape ``[B]``, as torch tensors when torch is importable (sharing memory with
-    the batch buffer, no copy), numpy arrays otherwise. Each new pass over the loader starts the
-    next epoch (a new permutation); :meth:`set_epoch` overrides it.
+    the batch buffer, no copy), numpy arrays otherwise. Optional augmentations and the output
+    conversion (crop, flip, normalisation, dtype, layout) run in Rust while the batch is
+    assembled; they are torchvision's, named as there, and random per sample as a pure function
+    of ``(seed, epoch, sample index)``: the same sample gets the same crop and flip in the same
+    epoch whatever ``num_threads``, ``batch_size`` or rank, and a new one each epoch. Each new
+    pass over the loader starts the next epoch (a new permutation); :meth:`set_epoch` overrides
+    it.
 
     Args:
         path: dataset directory (or an open :class:`VantixDataset`).
@@ -157,6 +307,30 @@ class VantixLoader:
             default) repeats the first samples of the permutation to fill the last places, as
             ``DistributedSampler(drop_last=False)``; ``"drop"`` leaves the last samples of the
             permutation out, as ``DistributedSampler(drop_last=True)``.
+        random_crop: ``RandomCrop(size, padding)``: an int or ``(height, width)``; a crop of
+            that size at a uniformly random position of the image padded with ``padding`` zeros
+            on every side (the CIFAR recipe: ``random_crop=32, padding=4``).
+        padding: zeros added on every side before ``random_crop``.
+        random_resized_crop: ``RandomResizedCrop(size, scale, ratio)``: an int or
+            ``(height, width)``; a crop of random area and aspect ratio drawn with
+            torchvision's rule, resized to ``size`` (antialiased bilinear, Pillow's algorithm).
+        scale: range of the crop's area as a fraction of the packed image's.
+        ratio: range of the crop's aspect ratio (width / height), drawn log-uniformly.
+        center_crop: ``CenterCrop(size)``: an int or ``(height, width)``, for evaluation
+            (zero padding where the crop is larger than the image). At most one of
+            ``random_crop``, ``random_resized_crop`` and ``center_crop``.
+        horizontal_flip: probability of a horizontal flip (``RandomHorizontalFlip(p)``).
+        mean: ``Normalize``'s mean per RGB channel on the 0-1 scale (3 numbers); needs ``std``
+            and a float ``dtype``.
+        std: ``Normalize``'s std per RGB channel on the 0-1 scale (3 non-zero numbers).
+        dtype: ``"uint8"`` (pixel values), ``"float32"`` or ``"float16"`` (also a numpy or torch
+            dtype). Float output is ``ToTensor()``'s ``x / 255``, then ``(x - mean) / std``
+            with ``mean``/``std``, computed in float32 (float16 rounds that value).
+        layout: ``"NHWC"`` (``[B, H, W, 3]``, the packed layout) or ``"NCHW"``
+            (``[B, 3, H, W]``, contiguous channel planes).
+        channels_last: with ``layout="NCHW"``, assemble NHWC and return it as an NCHW-shaped
+            view (``permute(0, 3, 1, 2)``, no copy) that is contiguous in
+            ``torch.channels_last`` memory format (a transposed array without torch).
 
     Raises:
         VantixError: the dataset cannot be opened or an option is invalid.
@@ -174,6 +348,18 @@ class VantixLoader:
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         ddp_remainder: str = "pad",
+        random_crop: Union[int, tuple[int, int], None] = None,
+        padding: int = 0,
+        random_resized_crop: Union[int, tuple[int, int], None] = None,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        center_crop: Union[int, tuple[int, int], None] = None,
+        horizontal_flip: float = 0.0,
+        mean: Optional[tuple[float, float, float]] = None,
+        std: Optional[tuple[float, float, float]] = None,
+        dtype: Any = "uint8",
+        layout: str = "NHWC",
+        channels_last: bool = False,
     ) -> None:
         self.dataset = path if isinstance(path, VantixDataset) else VantixDataset(path)
         self.batch_size = batch_size
@@ -193,6 +379,21 @@ class VantixLoader:
                 f"ddp_remainder must be 'pad' or 'drop', got {ddp_remainder!r}"
             )
         self.ddp_remainder = ddp_remainder
+        self.channels_last = bool(channels_last)
+        self._transform = _make_transform(
+            random_crop,
+            padding,
+            random_resized_crop,
+            scale,
+            ratio,
+            center_crop,
+            horizontal_flip,
+            mean,
+            std,
+            dtype,
+            layout,
+            self.channels_last,
+        )
         self._native = _native.Loader(
             self.dataset._native,
             batch_size,
@@ -204,6 +405,7 @@ class VantixLoader:
             self.rank,
             self.world_size,
             ddp_remainder == "drop",
+            transform=self._transform,
         )
         self._epoch = 0
         # Where the next pass starts inside its epoch (set by load_state_dict), and the
@@ -253,7 +455,8 @@ class VantixLoader:
         self._resume_start = 0
         total = self._native.num_batches_from(start)
         self._progress = _Progress(epoch, start, total)
-        return _BatchIterator(self._native.iter_epoch(epoch, start), self._progress)
+        native = self._native.iter_epoch(epoch, start)
+        return _BatchIterator(native, self._progress, self.channels_last)
 
     def state_dict(self) -> dict[str, Any]:
         """Where iteration stands, for an exact resume with :meth:`load_state_dict`.
@@ -330,8 +533,9 @@ class _Progress:
 class _BatchIterator:
     """One epoch of batches. Dropping it (or :meth:`close`) stops the prefetch thread."""
 
-    def __init__(self, native: Any, progress: _Progress) -> None:
+    def __init__(self, native: Any, progress: _Progress, channels_last: bool = False) -> None:
         self._native = native
+        self._channels_last = channels_last
         self._progress = progress
         self.epoch = progress.epoch
         self._torch = _torch()
@@ -347,7 +551,12 @@ class _BatchIterator:
         self._progress.batches += 1
         torch = self._torch
         if torch is not None:
-            return torch.from_numpy(images), torch.from_numpy(labels)
+            images = torch.from_numpy(images)
+            if self._channels_last:  # NHWC memory seen as NCHW: torch.channels_last, no copy
+                images = images.permute(0, 3, 1, 2)
+            return images, torch.from_numpy(labels)
+        if self._channels_last:
+            images = images.transpose(0, 3, 1, 2)
         return images, labels
 
     def close(self) -> None:

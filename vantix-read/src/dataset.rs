@@ -76,6 +76,8 @@ pub struct Dataset {
 
 thread_local! {
     static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// A decompressed record, for [`Dataset::with_record`].
+    static RECORD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A shard file name must be a plain name inside the dataset directory.
@@ -323,6 +325,21 @@ impl Dataset {
             }
         }
         Ok(())
+    }
+
+    /// Call `f` with the decoded pixels of sample `i` (`record_bytes()`, HWC uint8): the mapped
+    /// bytes themselves for raw records (no copy), a per-thread buffer for compressed ones.
+    pub fn with_record<R>(&self, i: usize, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        if self.manifest.codec == Codec::Raw {
+            let (shard, j) = self.locate(i)?;
+            return Ok(f(shard.stored(j, self.record_bytes())));
+        }
+        RECORD.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            buf.resize(self.record_bytes(), 0);
+            self.read_into(i, &mut buf)?;
+            Ok(f(&buf))
+        })
     }
 
     /// Recompute every checksum: each shard's xxh3 against the manifest and each record's

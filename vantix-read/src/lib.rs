@@ -21,9 +21,11 @@ pub mod error;
 pub mod format;
 pub mod loader;
 pub mod sampler;
+pub mod transform;
 
 pub use dataset::{Dataset, Shard};
 pub use error::{Error, Result};
 pub use format::{Codec, Geometry, Manifest};
 pub use loader::{Batch, BufferPool, EpochIter, Loader, LoaderConfig, PooledBuffer};
-pub use sampler::Sampler;
+pub use sampler::{train_val_split, Order, Sampler};
+pub use transform::{DType, Layout, Params, Transform};

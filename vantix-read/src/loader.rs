@@ -16,13 +16,17 @@ use rayon::prelude::*;
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::sampler::Sampler;
+use crate::sampler::{Order, Sampler};
+use crate::transform::{DType, Params, Prepared, Transform};
 
 /// Loader settings; the names follow `torch.utils.data.DataLoader`.
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
     pub batch_size: usize,
-    pub shuffle: bool,
+    /// Epoch order: random (a full shuffle), sequential, or block-shuffled.
+    pub order: Order,
+    /// Draw only from these dataset indices (`None`: all).
+    pub indices: Option<Arc<[u64]>>,
     pub seed: u64,
     pub drop_last: bool,
     /// Batches kept ready ahead of the consumer.
@@ -34,13 +38,17 @@ pub struct LoaderConfig {
     /// Make an uneven split over ranks even by dropping the tail instead of padding
     /// (see [`Sampler::drop_remainder`]).
     pub drop_remainder: bool,
+    /// Augmentation and output conversion applied while assembling (default: none, the packed
+    /// uint8 NHWC records as they are).
+    pub transform: Transform,
 }
 
 impl Default for LoaderConfig {
     fn default() -> Self {
         LoaderConfig {
             batch_size: 256,
-            shuffle: true,
+            order: Order::Random,
+            indices: None,
             seed: 0,
             drop_last: false,
             prefetch: 3,
@@ -48,14 +56,49 @@ impl Default for LoaderConfig {
             rank: 0,
             world_size: 1,
             drop_remainder: false,
+            transform: Transform::default(),
         }
     }
 }
 
-/// Free buffers waiting for reuse. Buffers are plain heap allocations that stay warm (already
-/// faulted in), which is what makes a recycled batch cheaper than a fresh one.
+/// One 64-byte line of buffer storage: the alignment every output element type (and SIMD) needs.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Heap storage of a batch buffer: `len` bytes at the start of 64-byte-aligned lines.
+#[derive(Default)]
+struct Storage {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl Storage {
+    fn capacity(&self) -> usize {
+        self.lines.len() * 64
+    }
+    /// Make the buffer `len` bytes long, keeping (and not rewriting) the lines it has.
+    fn set_len(&mut self, len: usize) {
+        let need = len.div_ceil(64);
+        if self.lines.len() < need {
+            self.lines.resize(need, Line([0; 64]));
+        }
+        self.len = len;
+    }
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `lines` holds at least `len` initialised bytes (`set_len`).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed mutably through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// Free buffers waiting for reuse. Buffers are heap allocations (64-byte aligned) that stay warm
+/// (already faulted in), which is what makes a recycled batch cheaper than a fresh one.
 pub struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    free: Mutex<Vec<Storage>>,
     max_free: usize,
 }
 
@@ -67,7 +110,8 @@ impl BufferPool {
         })
     }
 
-    /// A buffer of exactly `len` bytes (contents unspecified), recycled when possible.
+    /// A buffer of exactly `len` bytes, 64-byte aligned (contents unspecified), recycled when
+    /// possible.
     pub fn get(self: &Arc<Self>, len: usize) -> PooledBuffer {
         let recycled = {
             let mut free = self.free.lock().unwrap();
@@ -75,16 +119,14 @@ impl BufferPool {
             pos.map(|p| free.swap_remove(p))
         };
         let mut buf = recycled.unwrap_or_default();
-        if buf.len() != len {
-            buf.resize(len, 0);
-        }
+        buf.set_len(len);
         PooledBuffer {
             buf,
             pool: Arc::clone(self),
         }
     }
 
-    fn put(&self, buf: Vec<u8>) {
+    fn put(&self, buf: Storage) {
         let mut free = self.free.lock().unwrap();
         if free.len() < self.max_free {
             free.push(buf);
@@ -99,20 +141,20 @@ impl BufferPool {
 
 /// A buffer on loan from a [`BufferPool`]; returns itself to the pool when dropped.
 pub struct PooledBuffer {
-    buf: Vec<u8>,
+    buf: Storage,
     pool: Arc<BufferPool>,
 }
 
 impl Deref for PooledBuffer {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf
+        self.buf.as_slice()
     }
 }
 
 impl DerefMut for PooledBuffer {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buf
+        self.buf.as_mut_slice()
     }
 }
 
@@ -122,9 +164,13 @@ impl Drop for PooledBuffer {
     }
 }
 
-/// One assembled batch: `len` images, `[len, H, W, C]` uint8, contiguous.
+/// One assembled batch: `len` images, contiguous, of shape `shape` and element type `dtype`
+/// (`[len, H, W, C]` uint8 without a transform).
 pub struct Batch {
     pub images: PooledBuffer,
+    /// Shape of `images` in its layout: `[len, H, W, C]` (NHWC) or `[len, C, H, W]` (NCHW).
+    pub shape: [usize; 4],
+    pub dtype: DType,
     pub labels: Vec<i64>,
     /// Dataset index of each image, in batch order.
     pub indices: Vec<u64>,
@@ -150,6 +196,7 @@ pub struct Loader {
     config: LoaderConfig,
     threads: Arc<rayon::ThreadPool>,
     buffers: Arc<BufferPool>,
+    transform: Arc<Prepared>,
 }
 
 impl Loader {
@@ -166,6 +213,14 @@ impl Loader {
                 config.rank, config.world_size
             )));
         }
+        if let Some(idx) = &config.indices {
+            if let Some(&bad) = idx.iter().find(|&&i| i >= dataset.len() as u64) {
+                return Err(Error::invalid(format!(
+                    "indices contains {bad}, out of range for a dataset of {} samples",
+                    dataset.len()
+                )));
+            }
+        }
         let n = match config.num_threads {
             Some(0) => return Err(Error::invalid("num_threads must be at least 1")),
             Some(n) => n,
@@ -177,11 +232,14 @@ impl Loader {
             .build()
             .map_err(|e| Error::invalid(format!("cannot start {n} threads: {e}")))?;
         let buffers = BufferPool::new(config.prefetch + 2);
+        let g = dataset.geometry();
+        let transform = Arc::new(config.transform.prepare(g.height, g.width)?);
         Ok(Loader {
             dataset,
             config,
             threads: Arc::new(threads),
             buffers,
+            transform,
         })
     }
 
@@ -198,7 +256,8 @@ impl Loader {
     pub fn sampler(&self) -> Sampler {
         Sampler {
             num_samples: self.dataset.len() as u64,
-            shuffle: self.config.shuffle,
+            indices: self.config.indices.clone(),
+            order: self.config.order,
             seed: self.config.seed,
             rank: self.config.rank,
             world_size: self.config.world_size,
@@ -229,9 +288,33 @@ impl Loader {
         idx
     }
 
-    /// Assemble the images of `indices` into `out` (`indices.len() * record_bytes`), in parallel.
-    pub fn assemble(&self, indices: &[u64], out: &mut [u8]) -> Result<()> {
-        assemble(&self.dataset, &self.threads, indices, out)
+    /// Bytes of one output image (after the transform).
+    pub fn sample_bytes(&self) -> usize {
+        self.transform.sample_bytes()
+    }
+
+    /// Shape of a batch of `n` output images, in the output layout.
+    pub fn batch_shape(&self, n: usize) -> [usize; 4] {
+        self.transform.batch_shape(n)
+    }
+
+    /// The augmentation parameters of dataset sample `index` in `epoch` (for tests and replay).
+    pub fn transform_params(&self, epoch: u64, index: u64) -> Params {
+        self.transform.params(self.config.seed, epoch, index)
+    }
+
+    /// Assemble the images of `indices` as `epoch` sees them into `out`
+    /// (`indices.len() * sample_bytes()`, aligned for the output type), in parallel.
+    pub fn assemble(&self, epoch: u64, indices: &[u64], out: &mut [u8]) -> Result<()> {
+        let seed = self.config.seed;
+        assemble(
+            &self.dataset,
+            &self.threads,
+            &self.transform,
+            (seed, epoch),
+            indices,
+            out,
+        )
     }
 
     /// Start iterating `epoch`, `start` samples into its permutation (all ranks together: after
@@ -245,7 +328,8 @@ impl Loader {
         let buffers = Arc::clone(&self.buffers);
         let order = self.epoch_indices(epoch, start);
         let bs = self.config.batch_size;
-        let rb = dataset.record_bytes();
+        let transform = Arc::clone(&self.transform);
+        let seed = self.config.seed;
         let stop2 = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("vantix-prefetch".into())
@@ -254,14 +338,18 @@ impl Loader {
                     if stop2.load(Ordering::Relaxed) {
                         return;
                     }
-                    let mut images = buffers.get(indices.len() * rb);
-                    let res = assemble(&dataset, &threads, indices, &mut images).and_then(|()| {
+                    let mut images = buffers.get(indices.len() * transform.sample_bytes());
+                    let key = (seed, epoch);
+                    let res = assemble(&dataset, &threads, &transform, key, indices, &mut images);
+                    let res = res.and_then(|()| {
                         let labels = indices
                             .iter()
                             .map(|&i| dataset.label(i as usize).map(i64::from))
                             .collect::<Result<Vec<_>>>()?;
                         Ok(Batch {
                             images,
+                            shape: transform.batch_shape(indices.len()),
+                            dtype: transform.transform().dtype,
                             labels,
                             indices: indices.to_vec(),
                             batch_index: b,
@@ -282,23 +370,35 @@ impl Loader {
     }
 }
 
+/// Write the images of `indices` into `out`, one slot of `transform.sample_bytes()` each: a plain
+/// copy (or decompression) without a transform, else the transform drawn for `(seed, epoch, i)`.
 fn assemble(
     dataset: &Dataset,
     threads: &rayon::ThreadPool,
+    transform: &Prepared,
+    (seed, epoch): (u64, u64),
     indices: &[u64],
     out: &mut [u8],
 ) -> Result<()> {
-    let rb = dataset.record_bytes();
-    if out.len() != indices.len() * rb {
+    let sb = transform.sample_bytes();
+    if out.len() != indices.len() * sb {
         return Err(Error::invalid("batch buffer has the wrong size"));
     }
     // Small records: hand out several per task so scheduling does not dominate the copy.
-    let min_len = (64 * 1024 / rb.max(1)).max(1);
+    let min_len = (64 * 1024 / sb.max(1)).max(1);
     threads.install(|| {
-        out.par_chunks_mut(rb)
+        let slots = out
+            .par_chunks_mut(sb.max(1))
             .zip(indices.par_iter())
-            .with_min_len(min_len)
-            .try_for_each(|(dst, &i)| dataset.read_into(i as usize, dst))
+            .with_min_len(min_len);
+        if transform.is_identity() {
+            slots.try_for_each(|(dst, &i)| dataset.read_into(i as usize, dst))
+        } else {
+            slots.try_for_each(|(dst, &i)| {
+                let p = transform.params(seed, epoch, i);
+                dataset.with_record(i as usize, |src| transform.apply(src, &p, dst))?
+            })
+        }
     })
 }
 
@@ -347,6 +447,8 @@ mod tests {
         let pa = a.as_ptr();
         let b = pool.get(100);
         assert_ne!(pa, b.as_ptr());
+        assert_eq!((pa as usize % 64, b.as_ptr() as usize % 64), (0, 0));
+        assert_eq!((a.len(), b.len()), (100, 100));
         drop(a);
         assert_eq!(pool.free_count(), 1);
         let c = pool.get(100);

@@ -38,6 +38,8 @@ impl SplitMix64 {
     }
 }
 
+use std::sync::Arc;
+
 /// A 64-bit mix of several words, used to derive independent streams (epoch, sample, ...).
 pub fn mix(words: &[u64]) -> u64 {
     let mut h = 0x243F_6A88_85A3_08D3u64;
@@ -47,11 +49,31 @@ pub fn mix(words: &[u64]) -> u64 {
     h
 }
 
+/// The order of an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Order {
+    /// The packed order (no shuffle).
+    Sequential,
+    /// A uniformly random permutation of the whole epoch (a true global shuffle).
+    #[default]
+    Random,
+    /// For data larger than RAM: the epoch is cut into blocks of `block_size` neighbouring
+    /// records, the blocks are shuffled, and samples are shuffled within each group of
+    /// `window` consecutive (shuffled) blocks. Reads stay within `window` regions of
+    /// `block_size` records at a time, so they are large and nearly sequential; the price is
+    /// that a sample can only land near the other samples of its group in the order.
+    Block { block_size: u64, window: u64 },
+}
+
 /// Which samples one rank visits in one epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sampler {
+    /// Samples in the dataset.
     pub num_samples: u64,
-    pub shuffle: bool,
+    /// A subset of dataset indices to draw from instead of all of them (e.g. a validation
+    /// split); the order is computed over positions in this list.
+    pub indices: Option<Arc<[u64]>>,
+    pub order: Order,
     pub seed: u64,
     pub rank: usize,
     pub world_size: usize,
@@ -62,15 +84,66 @@ pub struct Sampler {
     pub drop_remainder: bool,
 }
 
+fn fisher_yates(items: &mut [u64], rng: &mut SplitMix64) {
+    for i in (1..items.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        items.swap(i, j);
+    }
+}
+
 impl Sampler {
-    /// The full order of one epoch: a permutation of `0..num_samples` (identity without shuffle).
+    /// A sampler for the whole dataset with a full shuffle (or none), one rank.
+    pub fn new(num_samples: u64, shuffle: bool, seed: u64) -> Self {
+        Sampler {
+            num_samples,
+            indices: None,
+            order: if shuffle {
+                Order::Random
+            } else {
+                Order::Sequential
+            },
+            seed,
+            rank: 0,
+            world_size: 1,
+            drop_remainder: false,
+        }
+    }
+
+    /// Samples in one epoch over all ranks (before padding or dropping).
+    pub fn epoch_len(&self) -> u64 {
+        self.indices
+            .as_ref()
+            .map_or(self.num_samples, |s| s.len() as u64)
+    }
+
+    /// The full order of one epoch: dataset indices, each sample of the epoch once.
     pub fn permutation(&self, epoch: u64) -> Vec<u64> {
-        let mut order: Vec<u64> = (0..self.num_samples).collect();
-        if self.shuffle {
-            let mut rng = SplitMix64::new(mix(&[self.seed, epoch]));
-            for i in (1..order.len()).rev() {
-                let j = rng.below(i as u64 + 1) as usize;
-                order.swap(i, j);
+        let mut order: Vec<u64> = (0..self.epoch_len()).collect();
+        let mut rng = SplitMix64::new(mix(&[self.seed, epoch]));
+        match self.order {
+            Order::Sequential => {}
+            Order::Random => fisher_yates(&mut order, &mut rng),
+            Order::Block { block_size, window } => {
+                let bs = block_size.max(1) as usize;
+                let mut blocks: Vec<u64> = (0..order.len().div_ceil(bs) as u64).collect();
+                fisher_yates(&mut blocks, &mut rng);
+                order = blocks
+                    .iter()
+                    .flat_map(|&b| {
+                        let lo = b as usize * bs;
+                        lo as u64..(lo + bs).min(order.len()) as u64
+                    })
+                    .collect();
+                // Groups of `window` blocks; a short last block makes group edges drift, so
+                // cut the order by sample count instead of block boundaries.
+                for group in order.chunks_mut(bs * window.max(1) as usize) {
+                    fisher_yates(group, &mut rng);
+                }
+            }
+        }
+        if let Some(subset) = &self.indices {
+            for o in order.iter_mut() {
+                *o = subset[*o as usize];
             }
         }
         order
@@ -79,7 +152,7 @@ impl Sampler {
     /// Samples per rank in an epoch that starts `start` samples into the permutation: every
     /// rank gets the same number.
     pub fn samples_per_rank(&self, start: u64) -> usize {
-        let rest = self.num_samples.saturating_sub(start) as usize;
+        let rest = self.epoch_len().saturating_sub(start) as usize;
         let w = self.world_size.max(1);
         if self.drop_remainder {
             rest / w
@@ -95,13 +168,52 @@ impl Sampler {
     /// from `start = k * batch_size * world_size` continues an interrupted epoch exactly, and
     /// with another `world_size` still visits every remaining sample once.
     pub fn rank_indices(&self, epoch: u64, start: u64) -> Vec<u64> {
+        let per = self.samples_per_rank(start) as u64;
+        if per == 0 {
+            return Vec::new();
+        }
         let perm = self.permutation(epoch);
         let n = perm.len() as u64;
         let w = self.world_size.max(1) as u64;
-        (0..self.samples_per_rank(start) as u64)
+        (0..per)
             .map(|k| perm[((start + k * w + self.rank as u64) % n) as usize])
             .collect()
     }
+}
+
+/// A reproducible split of `labels.len()` samples into `(train, val)` index lists, both sorted.
+/// With `stratify`, each class contributes `round(fraction * class size)` samples to `val`
+/// (so class proportions are kept); otherwise `round(fraction * n)` samples are drawn overall.
+pub fn train_val_split(
+    labels: &[u32],
+    fraction: f64,
+    seed: u64,
+    stratify: bool,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut rng = SplitMix64::new(mix(&[seed, 0x5B11_7000]));
+    let mut groups: Vec<Vec<u64>> = if stratify {
+        let classes = labels.iter().map(|&l| l as usize + 1).max().unwrap_or(0);
+        let mut g = vec![Vec::new(); classes];
+        for (i, &l) in labels.iter().enumerate() {
+            g[l as usize].push(i as u64);
+        }
+        g
+    } else {
+        vec![(0..labels.len() as u64).collect()]
+    };
+    let mut val = Vec::new();
+    for g in groups.iter_mut() {
+        fisher_yates(g, &mut rng);
+        let k = ((g.len() as f64) * fraction).round() as usize;
+        val.extend_from_slice(&g[..k.min(g.len())]);
+    }
+    val.sort_unstable();
+    let mut is_val = vec![false; labels.len()];
+    val.iter().for_each(|&i| is_val[i as usize] = true);
+    let train = (0..labels.len() as u64)
+        .filter(|&i| !is_val[i as usize])
+        .collect();
+    (train, val)
 }
 
 #[cfg(test)]
@@ -109,27 +221,77 @@ mod tests {
     use super::*;
 
     fn sampler(n: u64, shuffle: bool) -> Sampler {
-        Sampler {
-            num_samples: n,
-            shuffle,
-            seed: 7,
-            rank: 0,
-            world_size: 1,
-            drop_remainder: false,
-        }
+        Sampler::new(n, shuffle, 7)
     }
 
     fn ranks(n: u64, world_size: usize, drop_remainder: bool) -> Vec<Sampler> {
         (0..world_size)
             .map(|rank| Sampler {
-                num_samples: n,
-                shuffle: true,
-                seed: 1,
                 rank,
                 world_size,
                 drop_remainder,
+                ..Sampler::new(n, true, 1)
             })
             .collect()
+    }
+
+    fn is_permutation(order: &[u64], of: impl Iterator<Item = u64>) -> bool {
+        let mut a = order.to_vec();
+        a.sort_unstable();
+        a == of.collect::<Vec<_>>()
+    }
+
+    #[test]
+    fn subset_permutes_only_the_subset() {
+        let subset: Arc<[u64]> = (0..50).map(|i| i * 3).collect::<Vec<_>>().into();
+        let s = Sampler {
+            indices: Some(subset),
+            ..Sampler::new(150, true, 2)
+        };
+        let p = s.permutation(0);
+        assert!(is_permutation(&p, (0..50).map(|i| i * 3)));
+        assert_ne!(p, s.permutation(1));
+    }
+
+    #[test]
+    fn block_order_is_a_permutation_with_local_reads() {
+        let order = Order::Block {
+            block_size: 10,
+            window: 2,
+        };
+        let s = Sampler {
+            order,
+            ..Sampler::new(95, true, 5)
+        };
+        let p = s.permutation(3);
+        assert!(is_permutation(&p, 0..95));
+        assert_ne!(p, s.permutation(4));
+        // Each group of 20 consecutive positions draws from at most 3 blocks of 10 records
+        // (2, or 3 where the short last block shifts the group edges).
+        for group in p.chunks(20) {
+            let mut blocks: Vec<u64> = group.iter().map(|i| i / 10).collect();
+            blocks.sort_unstable();
+            blocks.dedup();
+            assert!(blocks.len() <= 3, "{blocks:?}");
+        }
+    }
+
+    #[test]
+    fn split_is_reproducible_disjoint_and_stratified() {
+        let labels: Vec<u32> = (0..100).map(|i| (i % 4) as u32).collect();
+        let (train, val) = train_val_split(&labels, 0.2, 1, true);
+        assert_eq!(val.len(), 20);
+        assert_eq!(train.len(), 80);
+        for c in 0..4 {
+            assert_eq!(val.iter().filter(|&&i| labels[i as usize] == c).count(), 5);
+        }
+        assert_eq!(
+            (train.clone(), val.clone()),
+            train_val_split(&labels, 0.2, 1, true)
+        );
+        assert_ne!(val, train_val_split(&labels, 0.2, 2, true).1);
+        let all: Vec<u64> = [train, val].concat();
+        assert!(is_permutation(&all, 0..100));
     }
 
     #[test]
