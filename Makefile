@@ -28,11 +28,10 @@ build-release: venv
 demo: build-release
 	$(BIN)/python examples/demo.py
 
-## test: every test: Rust (cargo test --workspace) and Python (pytest)
-test: test-rust test-python
+## test: lint, then every test: Rust (cargo test --workspace) and Python (pytest)
+test: lint test-rust test-python
 
 test-rust:
-	cargo fmt --all -- --check
 	cargo test --workspace
 
 test-python: build

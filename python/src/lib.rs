@@ -11,7 +11,9 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use vantix_pack::{Interpolation, PackOptions, ResizeMode, ResizeSpec};
-use vantix_read::{Codec, DType, EpochIter, Layout, LoaderConfig, Order, PooledBuffer};
+use vantix_read::{
+    Allocator, Codec, DType, EpochIter, ExternalMemory, Layout, LoaderConfig, Order, PooledBuffer,
+};
 
 create_exception!(
     vantix,
@@ -172,6 +174,33 @@ impl Transform {
     }
 }
 
+/// Batch buffers from a Python callable `allocate(nbytes) -> tensor` (a torch tensor of at
+/// least `nbytes` bytes, e.g. `torch.empty(n, dtype=torch.uint8, pin_memory=True)`). The tensor
+/// stays alive, owned by the buffer, for as long as the buffer exists.
+struct PyAllocator(Py<PyAny>);
+
+impl Allocator for PyAllocator {
+    fn allocate(&self, len: usize) -> vantix_read::Result<ExternalMemory> {
+        Python::attach(|py| {
+            let fail = |e: PyErr| {
+                vantix_read::Error::invalid(format!("batch buffer allocation failed: {e}"))
+            };
+            let t = self.0.call1(py, (len,)).map_err(fail)?;
+            let ptr: usize = t
+                .call_method0(py, "data_ptr")
+                .and_then(|p| p.extract(py))
+                .map_err(fail)?;
+            let nbytes: usize = t
+                .getattr(py, "nbytes")
+                .and_then(|n| n.extract(py))
+                .map_err(fail)?;
+            // SAFETY: `t` is a tensor of `nbytes` bytes at `ptr`; it is owned by the buffer from
+            // now on and used by nothing else.
+            unsafe { ExternalMemory::new(ptr as *mut u8, nbytes, Box::new(t)) }
+        })
+    }
+}
+
 #[pyclass(frozen, module = "vantix._native")]
 struct Loader {
     inner: Arc<vantix_read::Loader>,
@@ -180,7 +209,7 @@ struct Loader {
 #[pymethods]
 impl Loader {
     #[new]
-    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size, drop_remainder, transform=None, order="random", block_size=256, block_window=16, indices=None))]
+    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size, drop_remainder, transform=None, order="random", block_size=256, block_window=16, indices=None, allocator=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dataset: &Dataset,
@@ -198,6 +227,7 @@ impl Loader {
         block_size: u64,
         block_window: u64,
         indices: Option<Vec<u64>>,
+        allocator: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let order = match (shuffle, order) {
             (false, _) => Order::Sequential,
@@ -225,7 +255,10 @@ impl Loader {
             drop_remainder,
             transform: transform.map(|t| t.inner.clone()).unwrap_or_default(),
         };
-        let loader = vantix_read::Loader::new(Arc::clone(&dataset.inner), config).map_err(err)?;
+        let allocator = allocator.map(|f| Arc::new(PyAllocator(f)) as Arc<dyn Allocator>);
+        let loader =
+            vantix_read::Loader::with_allocator(Arc::clone(&dataset.inner), config, allocator)
+                .map_err(err)?;
         Ok(Loader {
             inner: Arc::new(loader),
         })
@@ -286,6 +319,16 @@ impl Loader {
 #[pyclass(module = "vantix._native")]
 struct EpochIterator {
     it: Option<EpochIter>,
+}
+
+impl Drop for EpochIterator {
+    /// Join the prefetch thread without holding the GIL: the thread may need the GIL to
+    /// allocate a buffer through a Python allocator.
+    fn drop(&mut self) {
+        if let Some(it) = self.it.take() {
+            Python::attach(|py| py.detach(move || drop(it)));
+        }
+    }
 }
 
 type BatchArrays<'py> = (

@@ -8,7 +8,7 @@
 """
 
 from ._native import VantixError, __version__
-from .data import VantixDataset, VantixLoader
+from .data import VantixDataset, VantixLoader, train_val_split
 from .packing import PackReport, inspect, pack, verify
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "__version__",
     "inspect",
     "pack",
+    "train_val_split",
     "verify",
 ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Callable, Iterator, Optional, Union
+import warnings
+from collections import deque
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -276,6 +279,65 @@ def _make_transform(
     )
 
 
+def _device_arg(device: Any, pin_memory: bool) -> tuple[Any, bool]:
+    """``(torch.device or None, pin)``: CUDA needs torch and a GPU; it implies pinned memory."""
+    torch = _torch()
+    if device is None or str(device) == "cpu":
+        if pin_memory and (torch is None or not torch.cuda.is_available()):
+            warnings.warn(
+                "pin_memory=True but no CUDA device is available: batches are not pinned "
+                "(as torch.utils.data.DataLoader does)",
+                stacklevel=3,
+            )
+            return None, False
+        return None, bool(pin_memory)
+    if torch is None:
+        raise _native.VantixError(f"device={device!r} needs torch, which cannot be imported")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise _native.VantixError(f"invalid device {device!r}: {e}") from None
+    if dev.type != "cuda":
+        raise _native.VantixError(f"device must be 'cpu' or a CUDA device, got {device!r}")
+    if not torch.cuda.is_available():
+        raise _native.VantixError(
+            f"device={device!r} was asked for, but CUDA is not available "
+            f"(torch {torch.__version__}: torch.cuda.is_available() is False)"
+        )
+    return dev, True  # asynchronous copies need page-locked memory
+
+
+def _pinned_allocator() -> Callable[[int], Any]:
+    """Batch buffers in page-locked memory allocated by torch (filled directly by Rust)."""
+    torch = _torch()
+
+    def allocate(nbytes: int) -> Any:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    return allocate
+
+
+def train_val_split(
+    dataset: Union[PathLike, VantixDataset],
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    stratify: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A reproducible split of a dataset's indices into ``(train, val)`` (sorted int64 arrays).
+
+    With ``stratify`` every class gives ``round(val_fraction * its size)`` samples to ``val``,
+    so class proportions are kept. Pass the results as ``indices=`` to two loaders::
+
+        train_idx, val_idx = vantix.train_val_split("train.vtx", val_fraction=0.1, seed=0)
+        train = VantixLoader("train.vtx", indices=train_idx, shuffle=True)
+        val = VantixLoader("train.vtx", indices=val_idx, shuffle=False)
+    """
+    if not 0.0 <= float(val_fraction) <= 1.0:
+        raise _native.VantixError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
+    ds = dataset if isinstance(dataset, VantixDataset) else VantixDataset(dataset)
+    return _native.train_val_split(ds.targets, float(val_fraction), int(seed), bool(stratify))
+
+
 class VantixLoader:
     """Shuffled, prefetched batches of a packed dataset, assembled in Rust.
 
@@ -331,6 +393,23 @@ class VantixLoader:
         channels_last: with ``layout="NCHW"``, assemble NHWC and return it as an NCHW-shaped
             view (``permute(0, 3, 1, 2)``, no copy) that is contiguous in
             ``torch.channels_last`` memory format (a transposed array without torch).
+        indices: draw only from these dataset indices (e.g. one side of
+            :func:`train_val_split`), as ``SubsetRandomSampler`` does; the permutation is over
+            this list.
+        order: with ``shuffle``, ``"random"`` (a full permutation, the default) or
+            ``"block"`` for data larger than RAM: blocks of ``block_size`` neighbouring records
+            are shuffled, and samples are shuffled within each group of ``block_window``
+            blocks, so reads are large and nearly sequential (and the kernel is asked to read
+            the next batch ahead). The price: a sample only mixes with the
+            ``block_size * block_window`` samples of its group in each epoch.
+        block_size: records per block for ``order="block"``.
+        block_window: blocks shuffled together for ``order="block"``.
+        pin_memory: assemble batches directly into page-locked memory allocated by torch (no
+            extra copy), for fast asynchronous copies to a GPU. Without CUDA it warns and does
+            nothing, as ``DataLoader`` does.
+        device: ``"cuda"`` (or ``"cuda:N"``, a ``torch.device``): return batches on that GPU,
+            copied from pinned memory with ``non_blocking=True``; a host buffer is refilled only
+            after its copy has finished. ``VantixError`` when CUDA is not available.
 
     Raises:
         VantixError: the dataset cannot be opened or an option is invalid.
@@ -360,6 +439,12 @@ class VantixLoader:
         dtype: Any = "uint8",
         layout: str = "NHWC",
         channels_last: bool = False,
+        indices: Optional[Sequence[int]] = None,
+        order: str = "random",
+        block_size: int = 256,
+        block_window: int = 16,
+        pin_memory: bool = False,
+        device: Any = None,
     ) -> None:
         self.dataset = path if isinstance(path, VantixDataset) else VantixDataset(path)
         self.batch_size = batch_size
@@ -394,6 +479,18 @@ class VantixLoader:
             layout,
             self.channels_last,
         )
+        if order not in ("random", "block"):
+            raise _native.VantixError(f"order must be 'random' or 'block', got {order!r}")
+        for name, value in (("block_size", block_size), ("block_window", block_window)):
+            if not isinstance(value, int) or value < 1:
+                raise _native.VantixError(f"{name} must be an int >= 1, got {value!r}")
+        self.order = order
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices is not None:
+            if self.indices.ndim != 1 or (self.indices.size and self.indices.min() < 0):
+                raise _native.VantixError("indices must be a 1-D sequence of indices >= 0")
+        self.device, self.pin_memory = _device_arg(device, pin_memory)
+        allocator = _pinned_allocator() if self.pin_memory else None
         self._native = _native.Loader(
             self.dataset._native,
             batch_size,
@@ -406,6 +503,11 @@ class VantixLoader:
             self.world_size,
             ddp_remainder == "drop",
             transform=self._transform,
+            order=order,
+            block_size=block_size,
+            block_window=block_window,
+            indices=None if self.indices is None else self.indices.tolist(),
+            allocator=allocator,
         )
         self._epoch = 0
         # Where the next pass starts inside its epoch (set by load_state_dict), and the
@@ -456,7 +558,14 @@ class VantixLoader:
         total = self._native.num_batches_from(start)
         self._progress = _Progress(epoch, start, total)
         native = self._native.iter_epoch(epoch, start)
-        return _BatchIterator(native, self._progress, self.channels_last)
+        return _BatchIterator(native, self._progress, self.channels_last, self.device)
+
+    def _sampling_key(self) -> str:
+        """A fingerprint of everything besides seed and epoch that decides what a pass yields."""
+        h = hashlib.sha1(repr((self.order, self._transform)).encode())
+        if self.indices is not None:
+            h.update(self.indices.tobytes())
+        return h.hexdigest()
 
     def state_dict(self) -> dict[str, Any]:
         """Where iteration stands, for an exact resume with :meth:`load_state_dict`.
@@ -478,6 +587,7 @@ class VantixLoader:
             "seed": self.seed,
             "shuffle": self.shuffle,
             "num_samples": self.num_samples,
+            "sampling": self._sampling_key(),
             "batch_size": self.batch_size,
             "world_size": self.world_size,
             "drop_last": self.drop_last,
@@ -503,6 +613,11 @@ class VantixLoader:
             raise _native.VantixError(f"not a VantixLoader state_dict: missing {e}") from None
         if version != 1:
             raise _native.VantixError(f"unsupported state_dict version {version!r}")
+        if state.get("sampling", self._sampling_key()) != self._sampling_key():
+            raise _native.VantixError(
+                "cannot resume: the state_dict comes from a loader with other indices, order or "
+                "augmentation options; pass the same options to continue the same epoch"
+            )
         for key in ("seed", "shuffle", "num_samples"):
             if state.get(key) != getattr(self, key):
                 raise _native.VantixError(
@@ -533,10 +648,17 @@ class _Progress:
 class _BatchIterator:
     """One epoch of batches. Dropping it (or :meth:`close`) stops the prefetch thread."""
 
-    def __init__(self, native: Any, progress: _Progress, channels_last: bool = False) -> None:
+    def __init__(
+        self, native: Any, progress: _Progress, channels_last: bool = False, device: Any = None
+    ) -> None:
         self._native = native
         self._channels_last = channels_last
         self._progress = progress
+        self._device = device
+        # Pinned host batches whose copy to the GPU may still be running, with the CUDA event
+        # that marks its end: a host buffer goes back to the pool (to be refilled by Rust) only
+        # once its copy has finished.
+        self._inflight: deque[tuple[Any, Any]] = deque()
         self.epoch = progress.epoch
         self._torch = _torch()
 
@@ -547,18 +669,42 @@ class _BatchIterator:
         return self
 
     def __next__(self) -> tuple[Any, Any]:
-        images, labels, _indices = next(self._native)
+        try:
+            images, labels, _indices = next(self._native)
+        except StopIteration:
+            self._drain()
+            raise
         self._progress.batches += 1
         torch = self._torch
-        if torch is not None:
-            images = torch.from_numpy(images)
-            if self._channels_last:  # NHWC memory seen as NCHW: torch.channels_last, no copy
-                images = images.permute(0, 3, 1, 2)
-            return images, torch.from_numpy(labels)
-        if self._channels_last:
-            images = images.transpose(0, 3, 1, 2)
-        return images, labels
+        if torch is None:
+            if self._channels_last:
+                images = images.transpose(0, 3, 1, 2)
+            return images, labels
+        images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        if self._channels_last:  # NHWC memory seen as NCHW: torch.channels_last, no copy
+            images = images.permute(0, 3, 1, 2)
+        if self._device is None:
+            return images, labels
+        on_device = images.to(self._device, non_blocking=True)
+        labels = labels.to(self._device, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self._device))
+        self._inflight.append((done, images))
+        while self._inflight and self._inflight[0][0].query():
+            self._inflight.popleft()
+        return on_device, labels
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._inflight.popleft()[0].synchronize()
 
     def close(self) -> None:
         """Stop the background thread now."""
+        self._drain()
         self._native.close()
+
+    def __del__(self) -> None:
+        try:
+            self._drain()
+        except Exception:
+            pass

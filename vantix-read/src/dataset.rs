@@ -267,7 +267,8 @@ impl Dataset {
         self.manifest.geometry.record_bytes()
     }
 
-    fn locate(&self, i: usize) -> Result<(&Shard, usize)> {
+    /// Shard number and record number within it of sample `i`.
+    fn position(&self, i: usize) -> Result<(usize, usize)> {
         if i >= self.len() {
             return Err(Error::invalid(format!(
                 "index {i} is out of range for a dataset of {} samples",
@@ -275,7 +276,12 @@ impl Dataset {
             )));
         }
         let k = self.starts.partition_point(|&s| s <= i as u64) - 1;
-        Ok((&self.shards[k], i - self.starts[k] as usize))
+        Ok((k, i - self.starts[k] as usize))
+    }
+
+    fn locate(&self, i: usize) -> Result<(&Shard, usize)> {
+        let (k, j) = self.position(i)?;
+        Ok((&self.shards[k], j))
     }
 
     /// Class index of sample `i`.
@@ -325,6 +331,37 @@ impl Dataset {
             }
         }
         Ok(())
+    }
+
+    /// Tell the kernel that the records of `indices` will be read soon (`madvise(WILLNEED)`),
+    /// so that it starts reading them from disk now. Neighbouring records are merged into one
+    /// range; this is a hint, and errors are ignored.
+    pub fn will_need(&self, indices: &[u64]) {
+        let rb = self.record_bytes();
+        let mut spans: Vec<(usize, usize, usize)> = indices
+            .iter()
+            .filter_map(|&i| self.position(i as usize).ok())
+            .map(|(k, j)| {
+                let shard = &self.shards[k];
+                let rec = shard.stored(j, rb);
+                let start = rec.as_ptr() as usize - shard.mmap.as_ptr() as usize;
+                (k, start, start + rec.len())
+            })
+            .collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(usize, usize, usize)> = Vec::new();
+        for (k, lo, hi) in spans {
+            match merged.last_mut() {
+                Some((mk, _, mhi)) if *mk == k && lo <= *mhi + 4096 => *mhi = (*mhi).max(hi),
+                _ => merged.push((k, lo, hi)),
+            }
+        }
+        for (k, lo, hi) in merged {
+            let page = lo & !4095;
+            let _ = self.shards[k]
+                .mmap
+                .advise_range(memmap2::Advice::WillNeed, page, hi - page);
+        }
     }
 
     /// Call `f` with the decoded pixels of sample `i` (`record_bytes()`, HWC uint8): the mapped

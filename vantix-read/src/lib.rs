@@ -26,6 +26,8 @@ pub mod transform;
 pub use dataset::{Dataset, Shard};
 pub use error::{Error, Result};
 pub use format::{Codec, Geometry, Manifest};
-pub use loader::{Batch, BufferPool, EpochIter, Loader, LoaderConfig, PooledBuffer};
+pub use loader::{
+    Allocator, Batch, BufferPool, EpochIter, ExternalMemory, Loader, LoaderConfig, PooledBuffer,
+};
 pub use sampler::{train_val_split, Order, Sampler};
 pub use transform::{DType, Layout, Params, Transform};

@@ -66,64 +66,161 @@ impl Default for LoaderConfig {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// Heap storage of a batch buffer: `len` bytes at the start of 64-byte-aligned lines.
-#[derive(Default)]
+/// Memory for batch buffers from outside this crate, e.g. page-locked ("pinned") memory
+/// allocated by torch, so that batches can be copied to a GPU asynchronously without another
+/// copy on the host.
+pub trait Allocator: Send + Sync {
+    /// At least `len` bytes, 64-byte aligned.
+    fn allocate(&self, len: usize) -> Result<ExternalMemory>;
+}
+
+/// A block of memory owned by something else (`owner` keeps it alive).
+pub struct ExternalMemory {
+    ptr: std::ptr::NonNull<u8>,
+    capacity: usize,
+    _owner: Box<dyn std::any::Any + Send + Sync>,
+}
+
+// SAFETY: the memory is plain bytes, valid while `_owner` lives; the pool hands each block to
+// one user at a time.
+unsafe impl Send for ExternalMemory {}
+unsafe impl Sync for ExternalMemory {}
+
+impl ExternalMemory {
+    /// # Safety
+    /// `ptr .. ptr + capacity` must be writable memory that stays valid, and is used by nothing
+    /// else, for as long as `owner` lives.
+    pub unsafe fn new(
+        ptr: *mut u8,
+        capacity: usize,
+        owner: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Result<Self> {
+        let ptr = std::ptr::NonNull::new(ptr)
+            .ok_or_else(|| Error::invalid("allocator returned a null pointer"))?;
+        if !(ptr.as_ptr() as usize).is_multiple_of(64) {
+            return Err(Error::invalid(
+                "allocator returned memory that is not 64-byte aligned",
+            ));
+        }
+        Ok(ExternalMemory {
+            ptr,
+            capacity,
+            _owner: owner,
+        })
+    }
+}
+
+/// Where a buffer's bytes live.
+enum Memory {
+    /// 64-byte-aligned lines on our heap.
+    Heap(Vec<Line>),
+    External(ExternalMemory),
+}
+
+/// Storage of a batch buffer: `len` bytes at the start of 64-byte-aligned memory.
 struct Storage {
-    lines: Vec<Line>,
+    mem: Memory,
     len: usize,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            mem: Memory::Heap(Vec::new()),
+            len: 0,
+        }
+    }
 }
 
 impl Storage {
     fn capacity(&self) -> usize {
-        self.lines.len() * 64
-    }
-    /// Make the buffer `len` bytes long, keeping (and not rewriting) the lines it has.
-    fn set_len(&mut self, len: usize) {
-        let need = len.div_ceil(64);
-        if self.lines.len() < need {
-            self.lines.resize(need, Line([0; 64]));
+        match &self.mem {
+            Memory::Heap(lines) => lines.len() * 64,
+            Memory::External(e) => e.capacity,
         }
+    }
+    /// Make the buffer `len` bytes long, keeping (and not rewriting) the memory it has.
+    /// External memory cannot grow: the pool only hands it out when it is large enough.
+    fn set_len(&mut self, len: usize) {
+        if let Memory::Heap(lines) = &mut self.mem {
+            let need = len.div_ceil(64);
+            if lines.len() < need {
+                lines.resize(need, Line([0; 64]));
+            }
+        }
+        assert!(len <= self.capacity(), "buffer too small");
         self.len = len;
     }
+    fn ptr(&self) -> *const u8 {
+        match &self.mem {
+            Memory::Heap(lines) => lines.as_ptr().cast::<u8>(),
+            Memory::External(e) => e.ptr.as_ptr(),
+        }
+    }
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: `lines` holds at least `len` initialised bytes (`set_len`).
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+        // SAFETY: the memory holds at least `len` initialised bytes (`set_len`; external memory
+        // comes from an allocated tensor).
+        unsafe { std::slice::from_raw_parts(self.ptr(), self.len) }
     }
     fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, borrowed mutably through `&mut self`.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr().cast_mut(), self.len) }
     }
 }
 
-/// Free buffers waiting for reuse. Buffers are heap allocations (64-byte aligned) that stay warm
-/// (already faulted in), which is what makes a recycled batch cheaper than a fresh one.
+/// Free buffers waiting for reuse. Buffers are 64-byte-aligned allocations (from the heap, or
+/// from an [`Allocator`]) that stay warm (already faulted in), which is what makes a recycled
+/// batch cheaper than a fresh one.
 pub struct BufferPool {
     free: Mutex<Vec<Storage>>,
     max_free: usize,
+    allocator: Option<Arc<dyn Allocator>>,
 }
 
 impl BufferPool {
     pub fn new(max_free: usize) -> Arc<Self> {
+        Self::with_allocator(max_free, None)
+    }
+
+    /// A pool whose new buffers come from `allocator` (the heap when `None`).
+    pub fn with_allocator(max_free: usize, allocator: Option<Arc<dyn Allocator>>) -> Arc<Self> {
         Arc::new(BufferPool {
             free: Mutex::new(Vec::new()),
             max_free,
+            allocator,
         })
     }
 
     /// A buffer of exactly `len` bytes, 64-byte aligned (contents unspecified), recycled when
     /// possible.
-    pub fn get(self: &Arc<Self>, len: usize) -> PooledBuffer {
+    pub fn get(self: &Arc<Self>, len: usize) -> Result<PooledBuffer> {
         let recycled = {
             let mut free = self.free.lock().unwrap();
             let pos = free.iter().position(|b| b.capacity() >= len);
             pos.map(|p| free.swap_remove(p))
         };
-        let mut buf = recycled.unwrap_or_default();
+        let mut buf = match (recycled, &self.allocator) {
+            (Some(buf), _) => buf,
+            (None, Some(alloc)) => {
+                let mem = alloc.allocate(len)?;
+                if mem.capacity < len {
+                    return Err(Error::invalid(format!(
+                        "allocator returned {} bytes, {len} were asked for",
+                        mem.capacity
+                    )));
+                }
+                Storage {
+                    mem: Memory::External(mem),
+                    len: 0,
+                }
+            }
+            (None, None) => Storage::default(),
+        };
         buf.set_len(len);
-        PooledBuffer {
+        Ok(PooledBuffer {
             buf,
             pool: Arc::clone(self),
-        }
+        })
     }
 
     fn put(&self, buf: Storage) {
@@ -201,6 +298,15 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(dataset: Arc<Dataset>, config: LoaderConfig) -> Result<Self> {
+        Self::with_allocator(dataset, config, None)
+    }
+
+    /// A loader whose batch buffers come from `allocator` (e.g. pinned memory from torch).
+    pub fn with_allocator(
+        dataset: Arc<Dataset>,
+        config: LoaderConfig,
+        allocator: Option<Arc<dyn Allocator>>,
+    ) -> Result<Self> {
         if config.batch_size == 0 {
             return Err(Error::invalid("batch_size must be at least 1"));
         }
@@ -231,7 +337,7 @@ impl Loader {
             .thread_name(|i| format!("vantix-assemble-{i}"))
             .build()
             .map_err(|e| Error::invalid(format!("cannot start {n} threads: {e}")))?;
-        let buffers = BufferPool::new(config.prefetch + 2);
+        let buffers = BufferPool::with_allocator(config.prefetch + 2, allocator);
         let g = dataset.geometry();
         let transform = Arc::new(config.transform.prepare(g.height, g.width)?);
         Ok(Loader {
@@ -331,30 +437,37 @@ impl Loader {
         let transform = Arc::clone(&self.transform);
         let seed = self.config.seed;
         let stop2 = Arc::clone(&stop);
+        // Block order is for data larger than RAM: ask the kernel to read ahead.
+        let hint_ahead = matches!(self.config.order, Order::Block { .. });
         let handle = std::thread::Builder::new()
             .name("vantix-prefetch".into())
             .spawn(move || {
-                for (b, indices) in order.chunks(bs).enumerate() {
+                let batches: Vec<&[u64]> = order.chunks(bs).collect();
+                for (b, indices) in batches.iter().copied().enumerate() {
                     if stop2.load(Ordering::Relaxed) {
                         return;
                     }
-                    let mut images = buffers.get(indices.len() * transform.sample_bytes());
+                    if let (true, Some(next)) = (hint_ahead, batches.get(b + 1)) {
+                        dataset.will_need(next); // start reading the next batch's blocks
+                    }
                     let key = (seed, epoch);
-                    let res = assemble(&dataset, &threads, &transform, key, indices, &mut images);
-                    let res = res.and_then(|()| {
-                        let labels = indices
-                            .iter()
-                            .map(|&i| dataset.label(i as usize).map(i64::from))
-                            .collect::<Result<Vec<_>>>()?;
-                        Ok(Batch {
-                            images,
-                            shape: transform.batch_shape(indices.len()),
-                            dtype: transform.transform().dtype,
-                            labels,
-                            indices: indices.to_vec(),
-                            batch_index: b,
-                        })
-                    });
+                    let res = buffers
+                        .get(indices.len() * transform.sample_bytes())
+                        .and_then(|mut images| {
+                            assemble(&dataset, &threads, &transform, key, indices, &mut images)?;
+                            let labels = indices
+                                .iter()
+                                .map(|&i| dataset.label(i as usize).map(i64::from))
+                                .collect::<Result<Vec<_>>>()?;
+                            Ok(Batch {
+                                images,
+                                shape: transform.batch_shape(indices.len()),
+                                dtype: transform.transform().dtype,
+                                labels,
+                                indices: indices.to_vec(),
+                                batch_index: b,
+                            })
+                        });
                     let failed = res.is_err();
                     if tx.send(res).is_err() || failed {
                         return; // consumer gone, or error delivered
@@ -443,15 +556,15 @@ mod tests {
     #[test]
     fn pool_recycles_only_after_drop() {
         let pool = BufferPool::new(2);
-        let a = pool.get(100);
+        let a = pool.get(100).unwrap();
         let pa = a.as_ptr();
-        let b = pool.get(100);
+        let b = pool.get(100).unwrap();
         assert_ne!(pa, b.as_ptr());
         assert_eq!((pa as usize % 64, b.as_ptr() as usize % 64), (0, 0));
         assert_eq!((a.len(), b.len()), (100, 100));
         drop(a);
         assert_eq!(pool.free_count(), 1);
-        let c = pool.get(100);
+        let c = pool.get(100).unwrap();
         assert_eq!(c.as_ptr(), pa);
         drop((b, c));
         assert_eq!(pool.free_count(), 2);
