@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from PIL import Image
+from conftest import write_image_folder
 
 import vantix
 from vantix import VantixDataset, VantixError, VantixLoader
@@ -26,12 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("src") / "train"
-    rng = np.random.default_rng(5)
-    for i in range(N):
-        d = root / f"c{i % 3}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    root = write_image_folder(tmp_path_factory.mktemp("src") / "train", N, seed=5)
     out = tmp_path_factory.mktemp("out") / "ds.vtx"
     vantix.pack(root, out, size=16)
     return out

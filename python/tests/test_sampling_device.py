@@ -7,7 +7,7 @@ import gc
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import write_image_folder
 
 import vantix
 from vantix import VantixDataset, VantixError, VantixLoader
@@ -17,12 +17,7 @@ N = 90
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("src") / "train"
-    rng = np.random.default_rng(8)
-    for i in range(N):
-        d = root / f"c{i % 3}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    root = write_image_folder(tmp_path_factory.mktemp("src") / "train", N, seed=8)
     out = tmp_path_factory.mktemp("out") / "ds.vtx"
     vantix.pack(root, out, size=16, shard_size=30 * 16 * 16 * 3)  # 3 shards
     return out
@@ -115,11 +110,11 @@ def test_batches_fill_memory_from_a_torch_allocator(packed):
         np.testing.assert_array_equal(images, _gather(ds, idx[k * 8 : (k + 1) * 8]))
         del images
     gc.collect()
-    used = len(tensors)
-    assert used <= 2 + 3  # prefetch + in flight + the batch being read: recycled, not grown
     for _ in native.iter_epoch(1, 0):
         pass
-    assert len(tensors) == used  # a second epoch reuses the same tensors
+    # 24 batches over two epochs, but buffers are recycled: about the queue (prefetch=2), the
+    # batch being assembled and the one being read were ever allocated, not one per batch.
+    assert len(tensors) <= 6
 
     def failing(nbytes):
         raise MemoryError("no pinned memory left")

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
+from conftest import write_image_folder
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
@@ -39,12 +40,13 @@ STD = (0.229, 0.224, 0.225)
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("src") / "train"
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):
-        d = root / f"c{i % 3}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(photo_like(rng, 70, 56)).save(d / f"{i:03d}.png")
+    root = write_image_folder(
+        tmp_path_factory.mktemp("src") / "train",
+        N_IMAGES,
+        size=(70, 56),
+        image=photo_like,
+        name="{i:03d}.png",
+    )
     out = tmp_path_factory.mktemp("out")
     raw = vantix.pack(root, out / "raw.vtx", size=(H, W), mode="squash")
     vantix.pack(root, out / "zstd.vtx", size=(H, W), mode="squash", codec="zstd")
