@@ -47,26 +47,36 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
+import functools
 import inspect
-import json
 import os
 import statistics
 import sys
-import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+from common import (
+    PAGE,
+    REPO,
+    EpochFn,
+    add_loader_options,
+    add_output_options,
+    check_at_least_one,
+    command,
+    loader_epochs,
+    loader_parameters,
+    loader_result,
+    measure_torchvision,
+    prepare_packs,
+    print_loaders,
+    report_head,
+    report_machine,
+    time_epochs,
+    write_report,
+)
 
-import benchmark_throughput as bt  # noqa: E402
+import vantix
 
-import prepare_data  # noqa: E402
-import vantix  # noqa: E402
-
-PAGE = bt.PAGE  # touch one element per 4 KiB page of every batch
 PROFILE = "imagenet-std"
 SIZE = 224  # packed to SIZE x SIZE (center-crop); every configuration outputs SIZE x SIZE
 DEFAULT_IMAGES = 1000
@@ -120,36 +130,15 @@ TARGETS = {
 
 def prepare(data_dir: Path, num_images: int, repack: bool) -> dict[str, Any]:
     """Source ImageFolder and its raw pack at ``SIZE``; returns their description."""
-    root = data_dir / PROFILE / "train"
-    folder = prepare_data.make_image_folder(root, PROFILE, num_images)
-    print(
-        f"  source  {bt._rel(root)}: {folder.num_images} images,"
-        f" {folder.bytes_on_disk / 1e6:.1f} MB ({folder.source}, {folder.seconds:.1f} s)"
-    )
-    dst = root.with_name(f"train-{SIZE}-raw.vtx")
-    if not repack and bt._pack_matches(dst, root, folder.num_images, SIZE, "raw"):
-        seconds = None  # reused: not packed in this run
-    else:
-        seconds = vantix.pack(root, dst, size=SIZE, codec="raw", overwrite=True).seconds
-    nbytes = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
-    how = "reused" if seconds is None else f"packed in {seconds:.1f} s"
-    print(f"  raw     {bt._rel(dst)}: {nbytes / 1e6:.1f} MB ({how})")
-    return {
-        "source": bt._rel(root),
-        "num_images": folder.num_images,
-        "source_bytes": folder.bytes_on_disk,
-        "size": SIZE,
-        "record_bytes": SIZE * SIZE * 3,
-        "pack": {"path": bt._rel(dst), "bytes": nbytes, "pack_seconds": seconds},
-    }
+    info = prepare_packs(data_dir / PROFILE / "train", PROFILE, num_images, SIZE, ("raw",), repack)
+    info["pack"] = info.pop("packs")["raw"]
+    return info
 
 
 # ==============================================================================================
 # Loaders: each is a function of the epoch that runs one epoch, touching every batch, and
 # returns (samples, checksum). The caller times it.
 # ==============================================================================================
-
-EpochFn = Callable[[int], "tuple[int, float]"]
 
 
 def touch(name: str, images: Any) -> float:
@@ -169,19 +158,7 @@ def vantix_epochs(name: str, path: str, batch_size: int, seed: int) -> EpochFn:
     loader = vantix.VantixLoader(
         path, batch_size=batch_size, shuffle=True, seed=seed, **VANTIX_CONFIGS[name]
     )
-    expected = loader.num_samples
-
-    def run(epoch: int) -> tuple[int, float]:
-        loader.set_epoch(epoch)
-        samples, checksum = 0, 0.0
-        for images, labels in loader:
-            checksum += touch(name, images)
-            samples += int(labels.shape[0])
-        if samples != expected:
-            raise RuntimeError(f"{name} gave {samples} samples, not {expected}")
-        return samples, checksum
-
-    return run
+    return loader_epochs(loader, functools.partial(touch, name), name)
 
 
 def torchvision_transform() -> Any:
@@ -197,33 +174,6 @@ def torchvision_transform() -> Any:
     )
 
 
-def torchvision_pass(root: str, batch_size: int, max_images: int) -> tuple[int, float]:
-    """One shuffled pass of ImageFolder + DataLoader with the RandomResizedCrop recipe, stopped
-    after the batch that reaches ``max_images``; returns (samples, seconds), timed from creating
-    the iterator."""
-    import torch
-    from torchvision.datasets import ImageFolder
-
-    loader = torch.utils.data.DataLoader(
-        ImageFolder(root, transform=torchvision_transform()),
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=os.cpu_count() or 1,
-        pin_memory=True,  # as the baseline is specified; a no-op (and a warning) without a GPU
-    )
-    samples, checksum = 0, 0.0
-    t0 = time.perf_counter()
-    it = iter(loader)
-    for images, labels in it:
-        checksum += touch("torchvision_rrc_flip_norm_f32", images)
-        samples += int(labels.shape[0])
-        if samples >= max_images:
-            break
-    seconds = time.perf_counter() - t0
-    del it  # stop the workers before anything else is measured
-    return samples, seconds
-
-
 # ==============================================================================================
 # Measuring
 # ==============================================================================================
@@ -235,31 +185,13 @@ def _sample_bytes(name: str) -> int:
 
 
 def _result(name: str, samples: int, seconds: float, **extra: Any) -> dict[str, Any]:
-    ips = samples / seconds
-    return {
-        "images": samples,
-        "seconds": seconds,
-        "images_per_s": ips,
-        "gb_per_s": ips * _sample_bytes(name) / 1e9,
-        "output": {"shape": list(EXPECTED[name][0]), "dtype": EXPECTED[name][1]},
-        **extra,
-    }
+    output = {"shape": list(EXPECTED[name][0]), "dtype": EXPECTED[name][1]}
+    return loader_result(samples, seconds, _sample_bytes(name), output=output, **extra)
 
 
 def measure_fast(loaders: dict[str, EpochFn], epochs: int) -> dict[str, Any]:
     """Warm-up epoch 0 for every loader, then epochs 1..``epochs`` interleaved."""
-    for name, run in loaders.items():
-        t0 = time.perf_counter()
-        run(0)
-        print(f"  warm-up {name:30s} {time.perf_counter() - t0:6.2f} s")
-    seconds: dict[str, list[float]] = {name: [] for name in loaders}
-    samples = dict.fromkeys(loaders, 0)
-    for epoch in range(1, epochs + 1):
-        for name, run in loaders.items():
-            t0 = time.perf_counter()
-            n, _ = run(epoch)
-            seconds[name].append(time.perf_counter() - t0)
-            samples[name] += n
+    seconds, samples = time_epochs(loaders, epochs, width=30)
     return {
         name: _result(
             name,
@@ -314,8 +246,6 @@ def check_api() -> None:
 
 def run_profile(args: argparse.Namespace) -> dict[str, Any]:
     """Everything measured, as a JSON-ready dict."""
-    import torch
-
     num_images = args.num_images or DEFAULT_IMAGES
     print(f"{PROFILE}: {num_images} images -> {SIZE}x{SIZE}")
     data = prepare(args.data_dir, num_images, args.repack)
@@ -328,13 +258,16 @@ def run_profile(args: argparse.Namespace) -> dict[str, Any]:
 
     tv_images = min(args.torchvision_images or TORCHVISION_IMAGES, num_images)
     root = str(args.data_dir / PROFILE / "train")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pin_memory.*")
-        torch.manual_seed(args.seed)
-        t0 = time.perf_counter()
-        torchvision_pass(root, args.batch_size, tv_images)
-        print(f"  warm-up {'torchvision_rrc_flip_norm_f32':30s} {time.perf_counter() - t0:6.2f} s")
-        n, s = torchvision_pass(root, args.batch_size, tv_images)
+    n, s = measure_torchvision(
+        root,
+        torchvision_transform(),
+        args.batch_size,
+        tv_images,
+        functools.partial(touch, "torchvision_rrc_flip_norm_f32"),
+        name="torchvision_rrc_flip_norm_f32",
+        width=30,
+        seed=args.seed,
+    )
     results["torchvision_rrc_flip_norm_f32"] = _result(
         "torchvision_rrc_flip_norm_f32",
         n,
@@ -360,15 +293,7 @@ def print_table(name: str, result: dict[str, Any]) -> None:
         ("vantix_rrc_flip_norm_f32", "Vantix RRC+flip+norm, f32 NCHW"),
         ("torchvision_rrc_flip_norm_f32", "torchvision RRC+flip+norm, f32"),
     ]
-    print(f"\n{name}: {result['dataset']['num_images']} images, batch {result['batch_size']}")
-    print(f"  {'loader':36s} {'images':>8s} {'seconds':>8s} {'images/s':>10s} {'GB/s':>7s}")
-    for key, label in rows:
-        r = result["loaders"].get(key)
-        if r is not None:
-            print(
-                f"  {label:36s} {r['images']:8d} {r['seconds']:8.3f}"
-                f" {r['images_per_s']:10,.0f} {r['gb_per_s']:7.2f}"
-            )
+    print_loaders(name, result, rows)
     for key, r in result["ratios"].items():
         verdict = "met" if r["met"] else "NOT met"
         median = r.get("value_median_epochs")
@@ -384,68 +309,39 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--num-images", type=int, default=None, help=f"images (default {DEFAULT_IMAGES})"
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument(
-        "--epochs", type=int, default=10, help="timed epochs per Vantix loader (after 1 warm-up)"
+    add_loader_options(
+        parser,
+        epochs=10,
+        epochs_help="timed epochs per Vantix loader (after 1 warm-up)",
+        torchvision_images=TORCHVISION_IMAGES,
+        seed_help="shuffle and augmentation seed",
     )
-    parser.add_argument(
-        "--torchvision-images",
-        type=int,
-        default=None,
-        help="images in the timed torchvision pass, rounded up to whole batches"
-        f" (default {TORCHVISION_IMAGES})",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="shuffle and augmentation seed")
-    parser.add_argument(
-        "--data-dir", type=Path, default=REPO / "data" / "bench", help="dataset cache"
-    )
-    parser.add_argument("--repack", action="store_true", help="pack again even if cached")
-    parser.add_argument("--out", type=Path, default=REPO / "assets" / "benchmark_augmentation.json")
+    add_output_options(parser, "augmentation")
     args = parser.parse_args(argv)
-    for name in ("num_images", "batch_size", "epochs", "torchvision_images"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_at_least_one(parser, args, ("num_images", "batch_size", "epochs", "torchvision_images"))
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
     check_api()
-    machine = bt.machine_info()
-    print(f"{machine['cpu_model']}, {machine['cpu_count']} cores, torch {machine['torch']}")
-    if machine["vantix_native_debug_info"]:
-        print(
-            "warning: vantix._native carries debug info (a dev build?); build it in release"
-            " mode for representative numbers"
-        )
+    machine = report_machine()
     report: dict[str, Any] = {
-        "benchmark": "augmentation",
-        "schema": 1,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
+        **report_head("augmentation", machine),
         "parameters": {
-            "batch_size": args.batch_size,
-            "epochs": args.epochs,
-            "warmup_epochs": 1,
-            "shuffle": True,
-            "seed": args.seed,
-            "num_images": args.num_images,
-            "torchvision_images": args.torchvision_images,
+            **loader_parameters(args),
             "size": SIZE,
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
             "touch": f"sum of one element per {PAGE} bytes of every batch, samples counted,"
             " shape and dtype checked",
-            "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+            "command": command(argv),
         },
         "profiles": {PROFILE: run_profile(args)},
     }
     for name, result in report["profiles"].items():
         print_table(name, result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, report)
     return report
 
 

@@ -49,7 +49,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import subprocess
@@ -60,12 +59,22 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-# Only the standard library at module level: the measuring child process imports exactly what
-# it measures (numpy, torch, vantix), and nothing of the parent's (PIL, the data generator).
-REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = REPO / "benchmarks"
+# Only the standard library at module level (common too): the measuring child process imports
+# exactly what it measures (numpy, torch, vantix), and nothing of the parent's (PIL, the data
+# generator).
+from common import (
+    REPO,
+    add_output_options,
+    check_at_least_one,
+    command,
+    ensure_pack,
+    rel,
+    report_head,
+    report_machine,
+    touch_pages,
+    write_report,
+)
 
-PAGE = 4096  # touch one byte per page of every batch
 PROFILE = "cifar-like"  # cheap to generate; records are packed at --size whatever the source
 FIXED_BYTES = 32 * 2**20  # allowance for threads, label arrays, allocator slack
 SAMPLE_PERIOD_S = 0.005  # background RssAnon sampling
@@ -147,7 +156,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     for _ in range(spec["epochs"]):
         for images, labels in loader:
-            checksum += int(images.view(-1)[::PAGE].sum())
+            checksum += touch_pages(images)
             samples += int(labels.shape[0])
             time.sleep(step_s)  # the training step: the prefetch thread fills its queue
             per_batch.append(rss_anon())
@@ -202,30 +211,21 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def prepare(data_dir: Path, num_images: int, size: int, repack: bool) -> dict[str, Any]:
     """A ``PROFILE`` ImageFolder of ``num_images`` images packed raw at ``size``."""
-    import benchmark_throughput as bt
-
     import prepare_data
-    import vantix
 
     root = data_dir / "memory" / f"{PROFILE}-{num_images}" / "train"
     folder = prepare_data.make_image_folder(root, PROFILE, num_images)
-    dst = root.with_name(f"train-{size}-raw.vtx")
-    if not repack and bt._pack_matches(dst, root, folder.num_images, size, "raw"):
-        seconds = None  # reused: not packed in this run
-    else:
-        seconds = vantix.pack(root, dst, size=size, codec="raw", overwrite=True).seconds
-    nbytes = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
-    how = "reused" if seconds is None else f"packed in {seconds:.1f} s"
+    pack = ensure_pack(root, folder.num_images, size, "raw", repack)
     print(
-        f"  {folder.num_images:6d} images: {bt._rel(dst)}, {nbytes / 1e6:.1f} MB ({how});"
-        f" source {folder.source}"
+        f"  {folder.num_images:6d} images: {rel(pack.path)}, {pack.nbytes / 1e6:.1f} MB"
+        f" ({pack.how}); source {folder.source}"
     )
     return {
-        "source": bt._rel(root),
+        "source": rel(root),
         "num_images": folder.num_images,
-        "pack": bt._rel(dst),
-        "pack_bytes": nbytes,
-        "pack_seconds": seconds,
+        "pack": rel(pack.path),
+        "pack_bytes": pack.nbytes,
+        "pack_seconds": pack.seconds,
     }
 
 
@@ -374,17 +374,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--step-ms", type=float, default=100.0, help="simulated training step per batch"
     )
-    parser.add_argument(
-        "--data-dir", type=Path, default=REPO / "data" / "bench", help="dataset cache"
-    )
-    parser.add_argument("--repack", action="store_true", help="pack again even if cached")
-    parser.add_argument("--out", type=Path, default=REPO / "assets" / "benchmark_memory.json")
+    add_output_options(parser, "memory")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is None:
-        for name in ("size", "batch_size", "prefetch", "epochs"):
-            if getattr(args, name) < 1:
-                parser.error(f"--{name.replace('_', '-')} must be at least 1")
+        check_at_least_one(parser, args, ("size", "batch_size", "prefetch", "epochs"))
         if min(args.sizes) < 1 or args.sizes[0] == args.sizes[1]:
             parser.error("--sizes must be two different positive counts")
         if min(args.held) < 0 or args.step_ms < 0:
@@ -398,16 +392,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict[str, Any]]:
     if args.child is not None:
         print(json.dumps(child(json.loads(args.child))))
         return None
-    sys.path.insert(0, str(BENCHMARKS))
-    import benchmark_throughput as bt
-
-    machine = bt.machine_info()
-    print(f"{machine['cpu_model']}, {machine['cpu_count']} cores, torch {machine['torch']}")
+    machine = report_machine(warn_debug=False)
     report: dict[str, Any] = {
-        "benchmark": "memory",
-        "schema": 1,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
+        **report_head("memory", machine),
         "parameters": {
             "sizes": args.sizes,
             "profile": PROFILE,
@@ -422,14 +409,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict[str, Any]]:
             "metric": "RssAnon from /proc/self/status; baseline after imports and open,"
             " peak over per-batch samples and a 5 ms background sampler",
             "fresh_process_per_run": True,
-            "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+            "command": command(argv),
         },
         "results": run_all(args),
     }
     print_table(report["results"], args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, report)
     return report
 
 

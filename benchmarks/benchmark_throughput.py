@@ -45,28 +45,36 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import struct
-import subprocess
-import sys
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
+from common import (
+    PAGE,
+    EpochFn,
+    add_loader_options,
+    add_output_options,
+    check_at_least_one,
+    command,
+    loader_epochs,
+    loader_parameters,
+    loader_result,
+    measure_torchvision,
+    prepare_packs,
+    print_loaders,
+    report_head,
+    report_machine,
+    time_epochs,
+    touch_pages,
+    write_report,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+import vantix
 
-import prepare_data  # noqa: E402
-import vantix  # noqa: E402
-
-PAGE = 4096  # touch one byte per page of every batch
 TARGETS = {"vantix_raw/numpy_gather": 0.6, "vantix_raw/torchvision": 20.0}
 
 
@@ -91,56 +99,10 @@ PROFILES = {
 # ==============================================================================================
 
 
-def _rel(path: Path) -> str:
-    """``path`` relative to the repository when it is inside it (for the JSON report)."""
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
-def _pack_matches(dst: Path, src: Path, num_images: int, size: int, codec: str) -> bool:
-    """Whether ``dst`` is a pack of ``src`` with this size and codec, newer than the source."""
-    try:
-        manifest = json.loads((dst / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        manifest.get("num_samples") == num_images
-        and manifest.get("width") == size
-        and manifest.get("height") == size
-        and manifest.get("codec", {}).get("name") == codec
-        and Path(manifest.get("pack", {}).get("source", "")).resolve() == src.resolve()
-        and (dst / "manifest.json").stat().st_mtime >= src.stat().st_mtime
-    )
-
-
 def prepare(profile: BenchProfile, data_dir: Path, num_images: int, repack: bool) -> dict:
     """Source ImageFolder and raw + zstd packs of ``profile``; returns their description."""
     root = data_dir / profile.name / "train"
-    folder = prepare_data.make_image_folder(root, profile.name, num_images)
-    print(
-        f"  source  {_rel(root)}: {folder.num_images} images, {folder.bytes_on_disk / 1e6:.1f} MB"
-        f" ({folder.source}, {folder.seconds:.1f} s)"
-    )
-    info: dict[str, Any] = {
-        "source": _rel(root),
-        "num_images": folder.num_images,
-        "source_bytes": folder.bytes_on_disk,
-        "size": profile.size,
-        "record_bytes": profile.size * profile.size * 3,
-        "packs": {},
-    }
-    for codec in ("raw", "zstd"):
-        dst = root.with_name(f"train-{profile.size}-{codec}.vtx")
-        if not repack and _pack_matches(dst, root, folder.num_images, profile.size, codec):
-            seconds = None  # reused: not packed in this run
-        else:
-            report = vantix.pack(root, dst, size=profile.size, codec=codec, overwrite=True)
-            seconds = report.seconds
-        nbytes = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
-        info["packs"][codec] = {"path": _rel(dst), "bytes": nbytes, "pack_seconds": seconds}
-        how = "reused" if seconds is None else f"packed in {seconds:.1f} s"
-        print(f"  {codec:5s}   {_rel(dst)}: {nbytes / 1e6:.1f} MB ({how})")
-    return info
+    return prepare_packs(root, profile.name, num_images, profile.size, ("raw", "zstd"), repack)
 
 
 # ==============================================================================================
@@ -148,25 +110,11 @@ def prepare(profile: BenchProfile, data_dir: Path, num_images: int, repack: bool
 # returns (samples, checksum). The caller times it.
 # ==============================================================================================
 
-EpochFn = Callable[[int], "tuple[int, int]"]
-
 
 def vantix_epochs(path: str, batch_size: int, seed: int) -> EpochFn:
     """One shuffled epoch of ``VantixLoader`` per call."""
     loader = vantix.VantixLoader(path, batch_size=batch_size, shuffle=True, seed=seed)
-    expected = loader.num_samples
-
-    def run(epoch: int) -> tuple[int, int]:
-        loader.set_epoch(epoch)
-        samples = checksum = 0
-        for images, labels in loader:
-            checksum += int(images.view(-1)[::PAGE].sum())
-            samples += int(labels.shape[0])
-        if samples != expected:
-            raise RuntimeError(f"VantixLoader gave {samples} samples, not {expected}")
-        return samples, checksum
-
-    return run
+    return loader_epochs(loader, touch_pages, "VantixLoader")
 
 
 _SHARD_HEADER = struct.Struct("<8sIIIIIIQQQQQQQQ")  # docs/FORMAT.md 3.1, bytes 0..96
@@ -227,32 +175,11 @@ def numpy_epochs(raw_path: str, batch_size: int, seed: int, method: str) -> Epoc
     return run
 
 
-def torchvision_pass(root: str, size: int, batch_size: int, max_images: int) -> tuple[int, float]:
-    """One shuffled pass of ImageFolder + DataLoader, stopped after the batch that reaches
-    ``max_images``; returns (samples, seconds), timed from creating the iterator."""
-    import torch
+def torchvision_transform(size: int) -> Any:
+    """Resize, center-crop and convert the source JPEGs as they are packed."""
     import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
 
-    transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
-    loader = torch.utils.data.DataLoader(
-        ImageFolder(root, transform=transform),
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=os.cpu_count() or 1,
-        pin_memory=True,  # as the baseline is specified; a no-op (and a warning) without a GPU
-    )
-    samples = checksum = 0
-    t0 = time.perf_counter()
-    it = iter(loader)
-    for images, labels in it:
-        checksum += int(images.reshape(-1)[::PAGE].sum())
-        samples += int(labels.shape[0])
-        if samples >= max_images:
-            break
-    seconds = time.perf_counter() - t0
-    del it  # stop the workers before anything else is measured
-    return samples, seconds
+    return T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
 
 
 # ==============================================================================================
@@ -260,35 +187,11 @@ def torchvision_pass(root: str, size: int, batch_size: int, max_images: int) -> 
 # ==============================================================================================
 
 
-def _result(samples: int, seconds: float, record_bytes: int, **extra: Any) -> dict[str, Any]:
-    ips = samples / seconds
-    return {
-        "images": samples,
-        "seconds": seconds,
-        "images_per_s": ips,
-        "gb_per_s": ips * record_bytes / 1e9,
-        **extra,
-    }
-
-
 def measure_fast(loaders: dict[str, EpochFn], epochs: int, record_bytes: int) -> dict[str, Any]:
     """Warm-up epoch 0 for every loader, then epochs 1..``epochs`` interleaved."""
-    for name, run in loaders.items():
-        t0 = time.perf_counter()
-        run(0)
-        print(f"  warm-up {name:12s} {time.perf_counter() - t0:6.2f} s")
-    seconds: dict[str, list[float]] = {name: [] for name in loaders}
-    samples = dict.fromkeys(loaders, 0)
-    for epoch in range(1, epochs + 1):
-        for name, run in loaders.items():
-            t0 = time.perf_counter()
-            n, _ = run(epoch)
-            seconds[name].append(time.perf_counter() - t0)
-            samples[name] += n
+    seconds, samples = time_epochs(loaders, epochs, width=12)
     return {
-        name: _result(
-            samples[name], sum(seconds[name]), record_bytes, epochs=epochs, epoch_seconds=s
-        )
+        name: loader_result(samples[name], sum(s), record_bytes, epochs=epochs, epoch_seconds=s)
         for name, s in seconds.items()
     }
 
@@ -316,13 +219,16 @@ def run_profile(profile: BenchProfile, args: argparse.Namespace) -> dict[str, An
     results["numpy_gather"] = {**results[best], "method": best}
 
     tv_images = min(args.torchvision_images or profile.torchvision_images, num_images)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pin_memory.*")
-        t0 = time.perf_counter()
-        torchvision_pass(str(root / "train"), profile.size, args.batch_size, tv_images)
-        print(f"  warm-up {'torchvision':12s} {time.perf_counter() - t0:6.2f} s")
-        n, s = torchvision_pass(str(root / "train"), profile.size, args.batch_size, tv_images)
-    results["torchvision"] = _result(
+    n, s = measure_torchvision(
+        str(root / "train"),
+        torchvision_transform(profile.size),
+        args.batch_size,
+        tv_images,
+        lambda images: int(images.reshape(-1)[::PAGE].sum()),
+        name="torchvision",
+        width=12,
+    )
+    results["torchvision"] = loader_result(
         n, s, record_bytes, images_asked=tv_images, num_workers=os.cpu_count(), pin_memory=True
     )
 
@@ -339,74 +245,6 @@ def run_profile(profile: BenchProfile, args: argparse.Namespace) -> dict[str, An
 # ==============================================================================================
 
 
-def _elf_has_debug_info(path: str) -> Optional[bool]:
-    """Whether a 64-bit ELF file has a .debug_info section (None if it cannot tell)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2:
-                return None
-            end = "<" if head[5] == 1 else ">"
-            (shoff,) = struct.unpack_from(end + "Q", head, 0x28)
-            shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", head, 0x3A)
-            f.seek(shoff + shstrndx * shentsize)
-            offset, size = struct.unpack_from(end + "QQ", f.read(shentsize), 0x18)
-            f.seek(offset)
-            return b".debug_info\0" in f.read(size)
-    except (OSError, struct.error):
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, memory, software versions: what a reader needs to compare runs."""
-    import PIL
-    import torch
-    import torchvision
-
-    cpu = platform.processor() or platform.machine()
-    mem = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    native = vantix._native.__file__
-    return {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_bytes": mem,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pillow": PIL.__version__,
-        "vantix": vantix.__version__,
-        "vantix_native": _rel(Path(native)),
-        "vantix_native_debug_info": _elf_has_debug_info(native),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": commit,
-    }
-
-
 def print_table(name: str, result: dict[str, Any]) -> None:
     rows = [
         ("vantix_raw", "VantixLoader, raw pack"),
@@ -416,15 +254,7 @@ def print_table(name: str, result: dict[str, Any]) -> None:
         ("numpy_take", "  np.take"),
         ("torchvision", "torchvision ImageFolder+DataLoader"),
     ]
-    print(f"\n{name}: {result['dataset']['num_images']} images, batch {result['batch_size']}")
-    print(f"  {'loader':36s} {'images':>8s} {'seconds':>8s} {'images/s':>10s} {'GB/s':>7s}")
-    for key, label in rows:
-        r = result["loaders"].get(key)
-        if r is not None:
-            print(
-                f"  {label:36s} {r['images']:8d} {r['seconds']:8.3f}"
-                f" {r['images_per_s']:10,.0f} {r['gb_per_s']:7.2f}"
-            )
+    print_loaders(name, result, rows)
     for key, r in result["ratios"].items():
         verdict = "met" if r["met"] else "NOT met"
         print(f"  {key:36s} {r['value']:8.2f}x   (target >= {r['target']:g}: {verdict})")
@@ -438,55 +268,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--num-images", type=int, default=None, help="images per profile (imagenet-std: 1000)"
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument(
-        "--epochs", type=int, default=20, help="timed epochs per fast loader (after 1 warm-up)"
+    add_loader_options(
+        parser,
+        epochs=20,
+        epochs_help="timed epochs per fast loader (after 1 warm-up)",
+        torchvision_images=PROFILES["imagenet-std"].torchvision_images,
+        seed_help="shuffle seed",
     )
-    parser.add_argument(
-        "--torchvision-images",
-        type=int,
-        default=None,
-        help="images in the timed torchvision pass, rounded up to whole batches (default 512)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
-    parser.add_argument(
-        "--data-dir", type=Path, default=REPO / "data" / "bench", help="dataset cache"
-    )
-    parser.add_argument("--repack", action="store_true", help="pack again even if cached")
-    parser.add_argument("--out", type=Path, default=REPO / "assets" / "benchmark_throughput.json")
+    add_output_options(parser, "throughput")
     args = parser.parse_args(argv)
-    for name in ("num_images", "batch_size", "epochs", "torchvision_images"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_at_least_one(parser, args, ("num_images", "batch_size", "epochs", "torchvision_images"))
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     args = parse_args(argv)
-    machine = machine_info()
-    print(f"{machine['cpu_model']}, {machine['cpu_count']} cores, torch {machine['torch']}")
-    if machine["vantix_native_debug_info"]:
-        print(
-            "warning: vantix._native carries debug info (a dev build?); build it in release"
-            " mode for representative numbers"
-        )
+    machine = report_machine()
     names = list(PROFILES) if args.profile == "all" else [args.profile]
     report: dict[str, Any] = {
-        "benchmark": "throughput",
-        "schema": 1,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
+        **report_head("throughput", machine),
         "parameters": {
-            "batch_size": args.batch_size,
-            "epochs": args.epochs,
-            "warmup_epochs": 1,
-            "shuffle": True,
-            "seed": args.seed,
-            "num_images": args.num_images,
-            "torchvision_images": args.torchvision_images,
+            **loader_parameters(args),
             "touch": f"sum of one byte per {PAGE} bytes of every batch, samples counted",
-            "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+            "command": command(argv),
         },
         "profiles": {},
     }
@@ -494,9 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         report["profiles"][name] = run_profile(PROFILES[name], args)
     for name, result in report["profiles"].items():
         print_table(name, result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    write_report(args.out, report)
     return report
 
 
