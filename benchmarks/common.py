@@ -87,11 +87,47 @@ def ensure_pack(src: Path, num_images: int, size: int, codec: str, repack: bool)
     return Pack(dst, nbytes, seconds)
 
 
+def timed_pack(src: Path, num_images: int, size: int, codec: str, repack: bool) -> Pack:
+    """Like :func:`ensure_pack`, but always packs ``src`` afresh (into a temporary sibling of
+    ``src``, same file system) and times it: the one-off cost of packing. The fresh pack
+    replaces the cached one unless that one matches and not ``repack`` (then it is deleted).
+    ``seconds`` is the wall-clock time of ``vantix.pack``."""
+    import shutil
+    import tempfile
+
+    import vantix
+
+    dst = src.with_name(f"train-{size}-{codec}.vtx")
+    keep_cache = not repack and pack_matches(dst, src, num_images, size, codec)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.timing-", dir=src.parent))
+    try:
+        fresh = tmp / dst.name
+        t0 = time.perf_counter()
+        vantix.pack(src, fresh, size=size, codec=codec)
+        seconds = time.perf_counter() - t0
+        if not keep_cache:
+            if dst.exists():
+                shutil.rmtree(dst)
+            fresh.rename(dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    nbytes = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
+    return Pack(dst, nbytes, seconds)
+
+
 def prepare_packs(
-    root: Path, profile: str, num_images: int, size: int, codecs: Sequence[str], repack: bool
+    root: Path,
+    profile: str,
+    num_images: int,
+    size: int,
+    codecs: Sequence[str],
+    repack: bool,
+    *,
+    time_packing: bool = False,
 ) -> dict[str, Any]:
     """The ImageFolder ``root`` of ``profile`` (written unless present) and its packs at
-    ``size``, one per codec, printed as they are made; returns their description."""
+    ``size``, one per codec, printed as they are made; returns their description. With
+    ``time_packing`` every pack is made afresh and timed (:func:`timed_pack`), cache or not."""
     import prepare_data
 
     folder = prepare_data.make_image_folder(root, profile, num_images)
@@ -108,12 +144,15 @@ def prepare_packs(
         "packs": {},
     }
     for codec in codecs:
-        pack = ensure_pack(root, folder.num_images, size, codec, repack)
+        make = timed_pack if time_packing else ensure_pack
+        pack = make(root, folder.num_images, size, codec, repack)
         info["packs"][codec] = {
             "path": rel(pack.path),
             "bytes": pack.nbytes,
             "pack_seconds": pack.seconds,
         }
+        if pack.seconds is not None:
+            info["packs"][codec]["pack_images_per_s"] = folder.num_images / pack.seconds
         print(f"  {codec:5s}   {rel(pack.path)}: {pack.nbytes / 1e6:.1f} MB ({pack.how})")
     return info
 
@@ -151,18 +190,24 @@ def print_warmup(name: str, width: int, seconds: float) -> None:
 
 
 def time_epochs(
-    loaders: dict[str, EpochFn], epochs: int, width: int
+    loaders: dict[str, EpochFn],
+    epochs: int,
+    width: int,
+    *,
+    warmup: bool = True,
+    first_epoch: int = 1,
 ) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Warm-up epoch 0 for every loader, then epochs 1..``epochs`` interleaved (within each
-    epoch every loader runs once, in turn); returns the seconds of every timed epoch and the
-    samples of all of them, per loader."""
-    for name, run in loaders.items():
-        t0 = time.perf_counter()
-        run(0)
-        print_warmup(name, width, time.perf_counter() - t0)
+    """Warm-up epoch 0 for every loader (unless not ``warmup``), then ``epochs`` epochs from
+    ``first_epoch`` on, interleaved (within each epoch every loader runs once, in turn);
+    returns the seconds of every timed epoch and the samples of all of them, per loader."""
+    if warmup:
+        for name, run in loaders.items():
+            t0 = time.perf_counter()
+            run(0)
+            print_warmup(name, width, time.perf_counter() - t0)
     seconds: dict[str, list[float]] = {name: [] for name in loaders}
     samples = dict.fromkeys(loaders, 0)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, first_epoch + epochs):
         for name, run in loaders.items():
             t0 = time.perf_counter()
             n, _ = run(epoch)
