@@ -1,0 +1,320 @@
+"""Render the benchmark JSON in ``assets/`` into README.md's results block.
+
+The block lies between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md and is
+generated, never typed: every number comes from ``assets/benchmark_throughput.json``,
+``assets/benchmark_augmentation.json`` and ``assets/benchmark_memory.json``
+(``assets/benchmark_training.json`` is listed when it exists).
+
+Usage::
+
+    python benchmarks/update_readme.py          # rewrite the block from the JSON
+    python benchmarks/update_readme.py --check  # exit 1, with a diff, if the block is stale
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+README = ROOT / "README.md"
+BEGIN = "<!-- results:begin -->"
+END = "<!-- results:end -->"
+
+LOADER_NAMES = {
+    "vantix_raw": "Vantix (raw pack)",
+    "vantix_zstd": "Vantix (zstd pack)",
+    "numpy_gather": "numpy gather (memory-copy limit)",
+    "torchvision": "torchvision ImageFolder + DataLoader",
+}
+
+
+def load(name: str) -> Optional[dict[str, Any]]:
+    path = ASSETS / name
+    if not path.exists():
+        return None
+    with path.open(encoding="utf-8") as f:
+        return json.load(f)
+
+
+def rate(x: float) -> str:
+    """Images/s with thousands separators; one decimal below 100."""
+    if x < 100:
+        return f"{x:,.1f}"
+    return f"{x:,.0f}"
+
+
+def ratio(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}x"
+    if x >= 10:
+        return f"{x:.1f}x"
+    if x >= 0.1:
+        return f"{x:.2f}x"
+    return f"{x:.2g}x"
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def met(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def command(data: dict[str, Any]) -> str:
+    args = list(data.get("parameters", {}).get("command") or [])
+    if not args:
+        return f"python benchmarks/benchmark_{data['benchmark']}.py"
+    script = Path(args[0]).name
+    return " ".join(["python", f"benchmarks/{script}", *args[1:]])
+
+
+def run_of(data: dict[str, Any]) -> str:
+    """The command, the date and the commit a benchmark JSON was written by."""
+    commit = data["machine"].get("git_commit")
+    return f"`{command(data)}` ({data['timestamp'][:10]}, commit `{commit}`)"
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    cores = m.get("cpus_usable") or m.get("cpu_count")
+    mem = m.get("memory_bytes")
+    parts = [
+        f"{m.get('cpu_model', 'unknown CPU')}, {cores} cores",
+        f"{mem / 2**30:.0f} GiB RAM" if mem else None,
+        f"Python {m.get('python')}",
+        f"torch {m.get('torch')}",
+        f"torchvision {m.get('torchvision')}",
+        "CUDA " + str(m["cuda"]) if m.get("cuda") else "no GPU",
+    ]
+    return ", ".join(p for p in parts if p)
+
+
+def render_throughput(data: dict[str, Any]) -> list[str]:
+    out = [
+        "### Throughput",
+        "",
+        f"{run_of(data)}: "
+        f"{data['parameters'].get('trials')} trials of "
+        f"{data['parameters'].get('epochs_per_trial')} epochs, images/s as mean ± sample std over "
+        "trials; ratios are of means.",
+        "",
+    ]
+    for name, prof in data["profiles"].items():
+        ds = prof["dataset"]
+        loaders = prof["loaders"]
+        ratios = prof["ratios"]
+        be = prof["break_even"]
+        raw = ds["packs"]["raw"]
+        tv = loaders.get("torchvision", {}).get("images_per_s_stats", {}).get("mean")
+        gather = loaders.get("numpy_gather", {}).get("images_per_s_stats", {}).get("mean")
+        out += [
+            f"**{name}**: {ds['num_images']:,} images packed to {ds['size']}x{ds['size']}, "
+            f"batch {prof['batch_size']}; source {mb(ds['source_bytes'])}, raw pack "
+            f"{mb(raw['bytes'])} (packed in {raw['pack_seconds']:.2f} s), "
+            f"zstd pack {mb(ds['packs']['zstd']['bytes'])} "
+            f"(packed in {ds['packs']['zstd']['pack_seconds']:.2f} s).",
+            "",
+            "| Loader | images/s | GB/s | vs numpy gather | vs torchvision |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key, label in LOADER_NAMES.items():
+            if key not in loaders:
+                continue
+            lo = loaders[key]
+            st = lo["images_per_s_stats"]
+            gb = lo.get("gb_per_s_stats", {}).get("mean", lo.get("gb_per_s"))
+            if key == "numpy_gather" and lo.get("method"):
+                label += f" (`{lo['method']}`)"
+            if key == "torchvision" and lo.get("num_workers") is not None:
+                label += f", {lo['num_workers']} workers"
+            vs_g = ratio(st["mean"] / gather) if gather else "n/a"
+            vs_t = ratio(st["mean"] / tv) if tv else "n/a"
+            out.append(
+                f"| {label} | {rate(st['mean'])} ± {rate(st['std'])} | {gb:.2f} | {vs_g} | {vs_t} |"
+            )
+        targets = []
+        for key, r in ratios.items():
+            targets.append(
+                f"`{key}` = {ratio(r['value'])} (target ≥ {r['target']:g}x, met: {met(r['met'])})"
+            )
+        out += [
+            "",
+            "Targets: " + "; ".join(targets) + ".",
+            "",
+            f"Break-even (pack time / time saved per epoch against torchvision): raw "
+            f"{be['raw']['epochs']:.2f} epochs, zstd {be['zstd']['epochs']:.2f} epochs.",
+            "",
+        ]
+    return out
+
+
+def render_augmentation(data: dict[str, Any]) -> list[str]:
+    out = [
+        "### Augmentation",
+        "",
+        f"{run_of(data)}.",
+        "",
+    ]
+    for name, prof in data["profiles"].items():
+        ds = prof["dataset"]
+        out += [
+            f"**{name}**: {ds['num_images']:,} images at {ds['size']}x{ds['size']}, "
+            f"batch {prof['batch_size']}.",
+            "",
+            "| Configuration | output | images/s | GB/s |",
+            "|---|---|---:|---:|",
+        ]
+        for key, lo in prof["loaders"].items():
+            dtype = lo.get("output", {}).get("dtype", "")
+            out.append(f"| `{key}` | {dtype} | {rate(lo['images_per_s'])} | {lo['gb_per_s']:.2f} |")
+        out += ["", "| Ratio | value | target | met |", "|---|---:|---:|---|"]
+        for key, r in prof["ratios"].items():
+            unit = "x" if r.get("measure") == "speed" else ""
+            out.append(
+                f"| `{key}` ({r.get('measure', '')}) | {r['value']:.2f}{unit} | "
+                f"{r.get('comparison', '')} {r['target']:g}{unit} | {met(r['met'])} |"
+            )
+        out.append("")
+    return out
+
+
+def render_memory(data: dict[str, Any]) -> list[str]:
+    p = data["parameters"]
+    res = data["results"]
+    out = [
+        "### Memory",
+        "",
+        f"{run_of(data)}: "
+        f"loader overhead = peak anonymous RSS minus the baseline after imports and open, "
+        f"profile {p['profile']} at {p['size']}x{p['size']}, batch {p['batch_size']} "
+        f"({mb(res['batch_bytes'])} per batch), prefetch {p['prefetch']}, {p['epochs']} epochs, "
+        f"a fresh process per run; `held` = batches kept alive by the training loop.",
+        "",
+        "| Images | held | overhead | in batches | bound | bound (batches) | within bound |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in res["runs"]:
+        out.append(
+            f"| {r['num_images']:,} | {r['held']} | {r['loader_overhead_mb']:.1f} MB | "
+            f"{r['loader_overhead_batches']:.2f} | {r['bound_mb']:.1f} MB | "
+            f"{r['bound_buffers']} | {met(r['within_bound'])} |"
+        )
+    growth = []
+    for key, g in res.get("growth", {}).items():
+        growth.append(
+            f"{key}: {g['large/small']:.3f} (target {g['target']:g} ± {g['tolerance']:g}, "
+            f"met: {met(g['met'])})"
+        )
+    if growth:
+        out += ["", "Overhead, largest over smallest dataset: " + "; ".join(growth) + "."]
+    out.append("")
+    return out
+
+
+def render() -> str:
+    throughput = load("benchmark_throughput.json")
+    augmentation = load("benchmark_augmentation.json")
+    memory = load("benchmark_memory.json")
+    training = load("benchmark_training.json")
+    present = [d for d in (throughput, augmentation, memory, training) if d is not None]
+    if not present:
+        raise SystemExit("update_readme: no benchmark JSON in assets/")
+
+    lines = [
+        "<!-- Generated by `python benchmarks/update_readme.py` from assets/*.json; "
+        "do not edit. -->",
+        "",
+    ]
+    machines = []
+    for d in present:
+        m = machine_line(d)
+        if m not in machines:
+            machines.append(m)
+    lines.append("Machine: " + "; ".join(machines) + ".")
+    lines.append("")
+    lines += ["To reproduce:", "", "```bash", "make build-release"]
+    lines += [command(d) for d in present]
+    lines += ["python benchmarks/update_readme.py", "```", ""]
+    for png, alt in (
+        ("benchmark_throughput.png", "Throughput per loader and profile"),
+        ("benchmark_rigorous.png", "Throughput benchmark, per-trial detail"),
+    ):
+        if (ASSETS / png).exists():
+            lines += [f"![{alt}](assets/{png})", ""]
+    if throughput:
+        lines += render_throughput(throughput)
+    if augmentation:
+        lines += render_augmentation(augmentation)
+    if memory:
+        lines += render_memory(memory)
+    if training:
+        lines += [
+            "### Training",
+            "",
+            f"`{command(training)}`: see `assets/benchmark_training.json`.",
+            "",
+        ]
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def split_readme(text: str) -> tuple[str, str, str]:
+    if text.count(BEGIN) != 1 or text.count(END) != 1:
+        raise SystemExit(f"update_readme: README.md needs exactly one {BEGIN} and one {END}")
+    head, rest = text.split(BEGIN, 1)
+    body, tail = rest.split(END, 1)
+    if body.startswith("\n"):
+        body = body[1:]
+    return head, body, tail
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 with a diff if README.md's block differs from the JSON",
+    )
+    args = parser.parse_args(argv)
+
+    text = README.read_text(encoding="utf-8")
+    head, body, tail = split_readme(text)
+    want = render()
+    if args.check:
+        if body == want:
+            print("update_readme: README.md results match assets/*.json")
+            return 0
+        diff = difflib.unified_diff(
+            body.splitlines(keepends=True),
+            want.splitlines(keepends=True),
+            fromfile="README.md (results block)",
+            tofile="rendered from assets/*.json",
+        )
+        sys.stdout.write("".join(diff))
+        print(
+            "update_readme: README.md's results block is out of date with assets/*.json; "
+            "run `python benchmarks/update_readme.py`",
+            file=sys.stderr,
+        )
+        return 1
+    new = head + BEGIN + "\n" + want + END + tail
+    if new != text:
+        README.write_text(new, encoding="utf-8")
+        print("update_readme: README.md updated")
+    else:
+        print("update_readme: README.md already up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
