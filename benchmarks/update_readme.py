@@ -2,13 +2,14 @@
 
 The block lies between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md and is
 generated, never typed: every number comes from ``assets/benchmark_throughput.json``,
-``assets/benchmark_augmentation.json`` and ``assets/benchmark_memory.json``
-(``assets/benchmark_training.json`` is listed when it exists).
+``assets/benchmark_augmentation.json``, ``assets/benchmark_memory.json`` and
+``assets/benchmark_training.json`` (each section appears when its JSON exists).
 
 Usage::
 
     python benchmarks/update_readme.py          # rewrite the block from the JSON
     python benchmarks/update_readme.py --check  # exit 1, with a diff, if the block is stale
+    python benchmarks/update_readme.py --assets /tmp/a --readme /tmp/R.md  # elsewhere (tests)
 
 Standard library only.
 """
@@ -36,8 +37,8 @@ LOADER_NAMES = {
 }
 
 
-def load(name: str) -> Optional[dict[str, Any]]:
-    path = ASSETS / name
+def load(name: str, assets: Path = ASSETS) -> Optional[dict[str, Any]]:
+    path = assets / name
     if not path.exists():
         return None
     with path.open(encoding="utf-8") as f:
@@ -220,11 +221,63 @@ def render_memory(data: dict[str, Any]) -> list[str]:
     return out
 
 
-def render() -> str:
-    throughput = load("benchmark_throughput.json")
-    augmentation = load("benchmark_augmentation.json")
-    memory = load("benchmark_memory.json")
-    training = load("benchmark_training.json")
+def load_note(data: dict[str, Any]) -> str:
+    """The machine's 1-minute load average when the run started, when it was busy."""
+    load = (data["machine"].get("load_average") or [0.0])[0]
+    cores = data["machine"].get("cpus_usable") or data["machine"].get("cpu_count") or 1
+    if load <= cores:
+        return ""
+    return (
+        f" The machine was shared: load average {load:.1f} on {cores} cores when the run "
+        f"started, so these times carry other jobs' noise."
+    )
+
+
+def render_training(data: dict[str, Any]) -> list[str]:
+    p = data["parameters"]
+    out = [
+        "### Training",
+        "",
+        f"{run_of(data)}: seconds per training epoch on `{p['device']}` with torchvision "
+        f"`ImageFolder` + `DataLoader(num_workers={p['num_workers']}, "
+        f"pin_memory={p['pin_memory']})` and with `VantixLoader`, the same model, initial "
+        f"weights, optimizer ({p['optimizer']}, lr {p['lr']:g}), batch size, number of steps "
+        f"and augmentation recipe; mean ± std over the timed epochs (one warm-up epoch "
+        f"excluded). Validation accuracy of each trained model on its own pipeline; "
+        f"`±3 SE` is three standard errors of the difference of two accuracies on that "
+        f"many validation images." + load_note(data),
+        "",
+        "| Model | Data | Batch x steps | DataLoader s/epoch | Vantix s/epoch | Saved s/epoch "
+        "| Speed-up | Val acc DataLoader | Val acc Vantix | ±3 SE |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in data["models"].items():
+        s = m["settings"]
+        tv, vx = m["loaders"]["torchvision"], m["loaders"]["vantix"]
+        out.append(
+            f"| {name} | {s['profile']}, {m['split']['train']:,} train / "
+            f"{m['split']['val']:,} val, {s['image_size']}px | "
+            f"{s['batch_size']} x {vx['steps_per_epoch']} | "
+            f"{tv['mean_epoch_seconds']:.2f} ± {tv['std_epoch_seconds']:.2f} | "
+            f"{vx['mean_epoch_seconds']:.2f} ± {vx['std_epoch_seconds']:.2f} | "
+            f"{m['time_saved_per_epoch_s']:.2f} | {ratio(m['speedup'])} | "
+            f"{tv['val_accuracy']:.1%} | {vx['val_accuracy']:.1%} | "
+            f"{m['accuracy_3se']:.1%} |"
+        )
+    out.append("")
+    for name, m in data["models"].items():
+        chart = m.get("chart")
+        if chart and (ROOT / chart).exists():
+            chart = rel_link(ROOT / chart)
+            out += [f"![Time per epoch, {name}]({chart})", ""]
+    return out
+
+
+def render(assets: Path = ASSETS) -> str:
+    throughput = load("benchmark_throughput.json", assets)
+    augmentation = load("benchmark_augmentation.json", assets)
+    memory = load("benchmark_memory.json", assets)
+    training = load("benchmark_training.json", assets)
     present = [d for d in (throughput, augmentation, memory, training) if d is not None]
     if not present:
         raise SystemExit("update_readme: no benchmark JSON in assets/")
@@ -248,8 +301,8 @@ def render() -> str:
         ("benchmark_throughput.png", "Throughput per loader and profile"),
         ("benchmark_rigorous.png", "Throughput benchmark, per-trial detail"),
     ):
-        if (ASSETS / png).exists():
-            lines += [f"![{alt}](assets/{png})", ""]
+        if (assets / png).exists():
+            lines += [f"![{alt}]({rel_link(assets / png)})", ""]
     if throughput:
         lines += render_throughput(throughput)
     if augmentation:
@@ -257,15 +310,18 @@ def render() -> str:
     if memory:
         lines += render_memory(memory)
     if training:
-        lines += [
-            "### Training",
-            "",
-            f"`{command(training)}`: see `assets/benchmark_training.json`.",
-            "",
-        ]
+        lines += render_training(training)
     while lines and lines[-1] == "":
         lines.pop()
     return "\n".join(lines) + "\n"
+
+
+def rel_link(path: Path) -> str:
+    """``path`` relative to the repository (as README links are), else absolute."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
 
 
 def split_readme(text: str) -> tuple[str, str, str]:
@@ -285,11 +341,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         action="store_true",
         help="do not write; exit 1 with a diff if README.md's block differs from the JSON",
     )
+    parser.add_argument(
+        "--assets", type=Path, default=ASSETS, help="folder of the benchmark JSON (assets/)"
+    )
+    parser.add_argument("--readme", type=Path, default=README, help="file to update (README.md)")
     args = parser.parse_args(argv)
 
-    text = README.read_text(encoding="utf-8")
+    text = args.readme.read_text(encoding="utf-8")
     head, body, tail = split_readme(text)
-    want = render()
+    want = render(args.assets)
     if args.check:
         if body == want:
             print("update_readme: README.md results match assets/*.json")
@@ -309,7 +369,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     new = head + BEGIN + "\n" + want + END + tail
     if new != text:
-        README.write_text(new, encoding="utf-8")
+        args.readme.write_text(new, encoding="utf-8")
         print("update_readme: README.md updated")
     else:
         print("update_readme: README.md already up to date")

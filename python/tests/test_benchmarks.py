@@ -1,0 +1,127 @@
+"""The benchmark scripts, run end to end on tiny data so they cannot rot.
+
+Each script runs as users run it (a subprocess with its command line), into a temporary folder;
+the test checks the JSON it writes (every loader measured, the ratios computed from the rates,
+the charts written) and that ``update_readme.py`` renders the README results block from it. The
+figures themselves are meaningless at this size and nothing here asserts a speed: the full runs
+(README) are for people.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks"
+
+
+def run_script(name: str, *args: object, timeout: float = 600) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def assert_chart(path: Path) -> None:
+    assert path.exists(), f"chart {path} not written"
+    width, height = png_size(path)
+    assert width >= 600 and height >= 300, (path, width, height)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+def test_prepare_data_writes_every_profile(out: Path) -> None:
+    run_script("prepare_data.py", "--profile", "all", "--num-images", 12, "--out", out / "prep")
+    for profile, suffixes in (
+        ("cifar-like", {".png"}),
+        ("imagenet-std", {".jpg"}),
+        ("4k-medical", {".jpg", ".png"}),
+    ):
+        files = sorted((out / "prep" / profile).rglob("*.*"))
+        images = [f for f in files if f.suffix in suffixes]
+        assert len(images) == 12, (profile, files)
+        # An ImageFolder: one folder per class, every image in a class folder.
+        assert len({f.parent for f in images}) > 1
+
+
+def test_throughput_smoke(out: Path) -> None:
+    report_path = out / "assets" / "benchmark_throughput.json"
+    run_script(
+        "benchmark_throughput.py",
+        *("--num-images", 16, "--torchvision-images", 8, "--batch-size", 8),
+        *("--epochs", 1, "--trials", 2, "--data-dir", out / "data"),
+        *("--assets-dir", out / "assets", "--out", report_path),
+    )
+    report = json.loads(report_path.read_text())
+    assert set(report["profiles"]) == {"cifar-like", "imagenet-std", "4k-medical"}
+    for name, prof in report["profiles"].items():
+        loaders = prof["loaders"]
+        for key in ("vantix_raw", "vantix_zstd", "numpy_gather", "torchvision"):
+            assert key in loaders, (name, key)
+            trials = loaders[key]["images_per_s_stats"]["trials"]
+            assert len(trials) == 2 and all(r > 0 for r in trials), (name, key, trials)
+        raw, tv = loaders["vantix_raw"], loaders["torchvision"]
+        want = raw["images_per_s_stats"]["mean"] / tv["images_per_s_stats"]["mean"]
+        got = prof["ratios"]["vantix_raw/torchvision"]["value"]
+        assert got == pytest.approx(want, rel=1e-6)
+        packs = prof["dataset"]["packs"]
+        assert packs["raw"]["bytes"] > 0 and packs["zstd"]["bytes"] > 0
+        assert prof["dataset"]["source_bytes"] > 0
+        assert "epochs" in prof["break_even"]["raw"]
+    assert_chart(out / "assets" / "benchmark_throughput.png")
+    assert_chart(out / "assets" / "benchmark_rigorous.png")
+
+
+def test_training_smoke(out: Path) -> None:
+    report_path = out / "assets" / "benchmark_training.json"
+    run_script(
+        "benchmark_training.py",
+        *("--smoke", "--data-dir", out / "data"),
+        *("--assets-dir", out / "assets", "--out", report_path),
+    )
+    report = json.loads(report_path.read_text())
+    assert list(report["models"]) == ["Small_MLP", "Medium_CNN", "Large_MobileNetV3"]
+    for name, m in report["models"].items():
+        tv, vx = m["loaders"]["torchvision"], m["loaders"]["vantix"]
+        # The same work for both loaders: steps and samples per epoch.
+        assert tv["steps_per_epoch"] == vx["steps_per_epoch"] > 0, name
+        assert tv["samples_per_epoch"] == vx["samples_per_epoch"], name
+        assert m["speedup"] == pytest.approx(
+            tv["mean_epoch_seconds"] / vx["mean_epoch_seconds"], rel=1e-6
+        )
+        for acc in (tv["val_accuracy"], vx["val_accuracy"]):
+            assert 0.0 <= acc <= 1.0
+        assert_chart(out / "assets" / f"time_savings_{name}.png")
+
+
+def test_readme_block_renders_from_fresh_results(out: Path) -> None:
+    """``update_readme.py`` turns the JSON the smoke runs wrote into a results block."""
+    assert (out / "assets" / "benchmark_training.json").exists(), "run the whole module"
+    readme = out / "README.md"
+    readme.write_text("# x\n\n<!-- results:begin -->\n<!-- results:end -->\n")
+    run_script("update_readme.py", "--assets", out / "assets", "--readme", readme)
+    text = readme.read_text()
+    for heading in ("### Training", "Small_MLP", "Large_MobileNetV3", "imagenet-std"):
+        assert heading in text, heading
+    run_script("update_readme.py", "--assets", out / "assets", "--readme", readme, "--check")
