@@ -10,6 +10,7 @@
 from ._native import VantixError, __version__
 from .data import VantixDataset, VantixLoader, train_val_split
 from .packing import PackReport, inspect, pack, verify
+from .preview import save_batch_grid
 
 __all__ = [
     "PackReport",
@@ -19,6 +20,7 @@ __all__ = [
     "__version__",
     "inspect",
     "pack",
+    "save_batch_grid",
     "train_val_split",
     "verify",
 ]
