@@ -96,13 +96,17 @@ def test_wheel_installs_and_runs_without_rust_or_torch(tmp_path):
 
     # 3. The console script packs an ImageFolder; the package loads it (numpy, no torch).
     src = write_image_folder(tmp_path / "train", 10, size=(24, 20), num_classes=2)
-    help_text = _run(["vantix-pack", "--help"], env, tmp_path).stdout
+    help_text = _run([vbin / "vantix-pack", "--help"], env, tmp_path).stdout
     assert "Examples:" in help_text and "preview" in help_text
-    _run(["vantix-pack", src, "--size", "16", "-o", tmp_path / "train.vtx", "-q"], env, tmp_path)
-    out = _run(["vantix-pack", "verify", tmp_path / "train.vtx"], env, tmp_path).stdout
+    _run(
+        [vbin / "vantix-pack", src, "--size", "16", "-o", tmp_path / "train.vtx", "-q"],
+        env,
+        tmp_path,
+    )
+    out = _run([vbin / "vantix-pack", "verify", tmp_path / "train.vtx"], env, tmp_path).stdout
     assert "OK: 10 records" in out
     _run(
-        ["vantix-pack", "preview", tmp_path / "train.vtx", "-o", tmp_path / "sheet.png"],
+        [vbin / "vantix-pack", "preview", tmp_path / "train.vtx", "-o", tmp_path / "sheet.png"],
         env,
         tmp_path,
     )
