@@ -6,7 +6,7 @@ BIN    := $(abspath $(VENV))/bin
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test test-rust test-python venv build build-release lint fmt clean
+.PHONY: demo test test-rust test-python venv build build-release wheel lint lint-static typecheck fmt clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,16 @@ build: venv
 build-release: venv
 	$(BIN)/maturin develop --release --quiet
 
+## wheel: the release wheel users install (abi3: one wheel for CPython >= 3.9) into dist/
+wheel: venv
+	$(BIN)/maturin build --release --out dist
+
 ## demo: generate a sample ImageFolder, pack it, iterate it, compare with torchvision
 demo: build-release
 	$(BIN)/python examples/demo.py
 
-## test: lint, then every test: Rust (cargo test --workspace) and Python (pytest)
+## test: lint, then every test: Rust (cargo test --workspace, examples built) and Python
+## (pytest, including test_wheel.py: the wheel installed into a fresh venv without Rust)
 test: lint test-rust test-python
 
 test-rust:
@@ -37,16 +42,24 @@ test-rust:
 test-python: build
 	$(BIN)/python -m pytest -q
 
-lint: venv
+## lint: rustfmt, clippy (all targets), ruff (lint + format), then the type stubs against the
+## built extension (mypy stubtest) and mypy over the package
+lint: lint-static typecheck
+
+lint-static: venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	$(BIN)/ruff check python benchmarks examples
-	$(BIN)/ruff format --check python benchmarks examples
+	$(BIN)/ruff check python benchmarks examples vantix-pack/tools
+	$(BIN)/ruff format --check python benchmarks examples vantix-pack/tools
+
+typecheck: build
+	$(BIN)/python -m mypy.stubtest vantix
+	$(BIN)/python -m mypy python/vantix
 
 fmt: venv
 	cargo fmt --all
-	$(BIN)/ruff format python benchmarks examples
+	$(BIN)/ruff format python benchmarks examples vantix-pack/tools
 
 clean:
 	cargo clean
-	rm -rf $(VENV) demo-data data
+	rm -rf $(VENV) demo-data data dist

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use numpy::ndarray::ArrayView4;
-use numpy::{PyArray1, PyArray3, PyArray4, PyArrayMethods};
+use numpy::{
+    PyArray1, PyArray3, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods,
+};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -103,6 +105,36 @@ impl Dataset {
     /// Recompute all checksums; raises VantixError naming the damaged shard and record.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.verify()).map_err(err)
+    }
+
+    /// Write a contact sheet PNG of the records `indices` (default: `num` drawn at random with
+    /// `seed`, in index order), each captioned `#index class`; returns the indices shown.
+    #[pyo3(signature = (path, indices=None, num=64, seed=0, columns=None, scale=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn preview<'py>(
+        &self,
+        py: Python<'py>,
+        path: PathBuf,
+        indices: Option<Vec<u64>>,
+        num: usize,
+        seed: u64,
+        columns: Option<usize>,
+        scale: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let shown = py
+            .detach(|| {
+                let indices = indices.unwrap_or_else(|| {
+                    vantix_pack::preview::sample_indices(self.inner.len(), num, seed)
+                });
+                vantix_pack::preview::dataset_sheet(&self.inner, &indices, columns, scale)?
+                    .save_png(&path)?;
+                Ok(indices)
+            })
+            .map_err(err)?;
+        Ok(PyArray1::from_vec(
+            py,
+            shown.into_iter().map(|i| i as i64).collect(),
+        ))
     }
 }
 
@@ -496,6 +528,31 @@ fn train_val_split<'py>(
     )
 }
 
+/// Write a contact sheet PNG of `images` (`[N, H, W, C]` uint8, C-contiguous, C = 1, 3 or 4),
+/// one caption per image; returns the sheet's `(width, height)` in pixels.
+#[pyfunction]
+#[pyo3(signature = (images, captions, path, columns=None, scale=None))]
+fn write_contact_sheet(
+    py: Python<'_>,
+    images: PyReadonlyArray4<'_, u8>,
+    captions: Vec<String>,
+    path: PathBuf,
+    columns: Option<usize>,
+    scale: Option<usize>,
+) -> PyResult<(usize, usize)> {
+    let [n, h, w, c] = <[usize; 4]>::try_from(images.shape()).expect("4-D array");
+    let pixels = images
+        .as_slice()
+        .map_err(|_| VantixError::new_err("contact sheet: images must be C-contiguous"))?;
+    py.detach(|| {
+        let g = vantix_pack::preview::SheetGeometry::new(n, h, w, c, columns, scale)?;
+        let sheet = vantix_pack::preview::contact_sheet(pixels, &captions, &g)?;
+        sheet.save_png(&path)?;
+        Ok((sheet.width, sheet.height))
+    })
+    .map_err(err)
+}
+
 /// Parse a byte size such as `512M`, `1G` or `4096` (binary multiples).
 #[pyfunction]
 fn parse_bytes(text: &str) -> PyResult<u64> {
@@ -514,6 +571,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(parse_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(write_contact_sheet, m)?)?;
     m.add_function(wrap_pyfunction!(train_val_split, m)?)?;
     Ok(())
 }

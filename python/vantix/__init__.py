@@ -5,11 +5,19 @@
 >>> loader = vantix.VantixLoader("train.vtx", batch_size=256, shuffle=True)
 >>> for images, labels in loader:                            # uint8 [B, H, W, 3], int64 [B]
 ...     ...
+>>> loader.preview("batch.png")                              # look at a batch as a PNG grid
+
+Main objects: :class:`VantixLoader` (shuffled, augmented, prefetched batches),
+:class:`VantixDataset` (map-style), :func:`pack`, :func:`inspect`, :func:`verify`,
+:func:`train_val_split`, :func:`save_batch_grid`, :class:`VantixError`. Each has a complete
+docstring (``help(vantix.VantixLoader)``); the guides are in the repository's ``docs/``.
+Supported: CPython >= 3.9 (one abi3 wheel); torch >= 2.0 optional (numpy arrays without it).
 """
 
 from ._native import VantixError, __version__
 from .data import VantixDataset, VantixLoader, train_val_split
 from .packing import PackReport, inspect, pack, verify
+from .preview import save_batch_grid
 
 __all__ = [
     "PackReport",
@@ -19,6 +27,7 @@ __all__ = [
     "__version__",
     "inspect",
     "pack",
+    "save_batch_grid",
     "train_val_split",
     "verify",
 ]

@@ -40,11 +40,22 @@ class VantixDataset:
 
     Args:
         path: the dataset directory made by ``vantix-pack`` (e.g. ``"train.vtx"``).
-        transform: optional callable applied to each image.
+        transform: optional callable applied to each image (an ``(H, W, 3)`` uint8 array, so
+            a torchvision ``Compose`` starts with ``PIL.Image.fromarray`` or ``ToTensor()``).
         target_transform: optional callable applied to each label.
+
+    Attributes:
+        classes: class names in label order, as ``ImageFolder.classes``.
+        class_to_idx: ``{class name: label}``, as ``ImageFolder.class_to_idx``.
 
     Raises:
         VantixError: the dataset is missing, truncated or damaged (checked at open).
+
+    Example::
+
+        ds = VantixDataset("train.vtx")
+        image, label = ds[0]                     # uint8 (H, W, 3), int
+        loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=4)
     """
 
     def __init__(
@@ -62,9 +73,15 @@ class VantixDataset:
         self._targets: Optional[list[int]] = None
 
     def __len__(self) -> int:
+        """Number of images in the dataset."""
         return len(self._native)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
+        """``(image, label)`` of sample ``index`` (negative indices count from the end).
+
+        Raises:
+            IndexError: ``index`` is out of range.
+        """
         n = len(self._native)
         i = int(index)
         if i < 0:
@@ -98,6 +115,41 @@ class VantixDataset:
     def verify(self) -> None:
         """Recompute all checksums; raises ``VantixError`` naming a damaged shard and record."""
         self._native.verify()
+
+    def preview(
+        self,
+        path: PathLike,
+        num: int = 64,
+        indices: Optional[Sequence[int]] = None,
+        seed: int = 0,
+        columns: Optional[int] = None,
+        scale: Optional[int] = None,
+    ) -> np.ndarray:
+        """Write a contact-sheet PNG of packed records, each captioned ``"#index class"``.
+
+        The images are shown as stored (after the packer's resize, before any augmentation);
+        ``vantix-pack preview`` does the same from the command line. The layout is described
+        in :mod:`vantix.preview`.
+
+        Args:
+            path: the PNG file to write.
+            num: how many records to draw at random when ``indices`` is not given; they are
+                shown in index order, which is class order.
+            indices: exactly these records, in this order.
+            seed: seed of the random draw (the same seed shows the same records).
+            columns: tiles per row (default: a near-square grid).
+            scale: integer upscaling of every tile (default: tiles at least 96 pixels wide).
+
+        Returns:
+            The dataset indices shown, in tile order (int64).
+
+        Raises:
+            VantixError: an index is out of range or the file cannot be written.
+        """
+        idx = None if indices is None else [int(i) for i in indices]
+        if idx is not None and min(idx, default=0) < 0:
+            raise _native.VantixError(f"{self.path}: indices must be >= 0, got {min(idx)}")
+        return self._native.preview(os.fspath(path), idx, int(num), int(seed), columns, scale)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -325,8 +377,15 @@ def train_val_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A reproducible split of a dataset's indices into ``(train, val)`` (sorted int64 arrays).
 
-    With ``stratify`` every class gives ``round(val_fraction * its size)`` samples to ``val``,
-    so class proportions are kept. Pass the results as ``indices=`` to two loaders::
+    Args:
+        dataset: the dataset directory or an open :class:`VantixDataset`.
+        val_fraction: fraction of the samples that go to ``val`` (0 to 1).
+        seed: the split is a pure function of ``(seed, labels)``.
+        stratify: with ``True`` every class gives ``round(val_fraction * its size)`` samples
+            to ``val``, so class proportions are kept; else ``round(val_fraction * n)`` samples
+            are drawn from all of them.
+
+    Pass the results as ``indices=`` to two loaders::
 
         train_idx, val_idx = vantix.train_val_split("train.vtx", val_fraction=0.1, seed=0)
         train = VantixLoader("train.vtx", indices=train_idx, shuffle=True)
@@ -413,6 +472,19 @@ class VantixLoader:
 
     Raises:
         VantixError: the dataset cannot be opened or an option is invalid.
+
+    Example::
+
+        loader = VantixLoader("train.vtx", batch_size=256, shuffle=True,
+                              random_resized_crop=224, horizontal_flip=0.5,
+                              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                              dtype="float32", layout="NCHW")
+        loader.preview("batch.png")       # look at the first batch after augmentation
+        for epoch in range(90):           # every pass is the next epoch (a new permutation)
+            for images, labels in loader: # float32 [B, 3, 224, 224], int64 [B]
+                loss = criterion(model(images.cuda(non_blocking=True)), labels.cuda())
+                ...
+            torch.save({"loader": loader.state_dict(), ...}, "ckpt.pt")  # exact resume
     """
 
     def __init__(
@@ -465,6 +537,8 @@ class VantixLoader:
             )
         self.ddp_remainder = ddp_remainder
         self.channels_last = bool(channels_last)
+        self.mean, self.std = mean, std
+        self.layout = str(layout).upper()
         self._transform = _make_transform(
             random_crop,
             padding,
@@ -525,7 +599,11 @@ class VantixLoader:
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next pass yield ``epoch`` (as ``DistributedSampler.set_epoch``)."""
+        """Make the next pass yield ``epoch`` (as ``DistributedSampler.set_epoch``).
+
+        Args:
+            epoch: the epoch (>= 0) whose permutation and augmentations the next pass uses.
+        """
         if epoch < 0:
             raise _native.VantixError(f"epoch must be >= 0, got {epoch}")
         self._epoch = int(epoch)
@@ -533,17 +611,21 @@ class VantixLoader:
     def epoch_indices(self, epoch: int, samples_seen: int = 0) -> np.ndarray:
         """Dataset indices this rank sees in ``epoch``, in batch order (int64).
 
-        ``samples_seen``: start that many samples (all ranks together) into the epoch, as a
-        pass resumed from a :meth:`state_dict` does.
+        Args:
+            epoch: the epoch.
+            samples_seen: start that many samples (all ranks together) into the epoch, as a
+                pass resumed from a :meth:`state_dict` does.
         """
         return self._native.epoch_indices(epoch, samples_seen)
 
     @property
     def classes(self) -> list[str]:
+        """Class names in label order, as ``ImageFolder.classes``."""
         return self.dataset.classes
 
     @property
     def class_to_idx(self) -> dict[str, int]:
+        """``{class name: label}``, as ``ImageFolder.class_to_idx``."""
         return self.dataset.class_to_idx
 
     @property
@@ -552,6 +634,11 @@ class VantixLoader:
         return self.dataset.num_samples
 
     def __iter__(self) -> _BatchIterator:
+        """Start the next epoch: an iterator over its ``(images, labels)`` batches.
+
+        A background thread assembles batches ahead; abandoning the iterator (``break``, an
+        exception) stops it.
+        """
         epoch, start = self._epoch, self._resume_start
         self._epoch += 1
         self._resume_start = 0
@@ -559,6 +646,54 @@ class VantixLoader:
         self._progress = _Progress(epoch, start, total)
         native = self._native.iter_epoch(epoch, start)
         return _BatchIterator(native, self._progress, self.channels_last, self.device)
+
+    def preview(
+        self,
+        path: PathLike,
+        epoch: Optional[int] = None,
+        num: Optional[int] = None,
+        columns: Optional[int] = None,
+        scale: Optional[int] = None,
+    ) -> np.ndarray:
+        """Write the first batch of an epoch, as this loader yields it, as a contact-sheet PNG.
+
+        The images are shown after augmentation (crops, flips) and with ``Normalize`` undone
+        (``mean``/``std``), each captioned ``"<label> <class>"``, so an augmentation recipe can
+        be checked by eye. The loader's own epoch counter does not move.
+
+        Args:
+            path: the PNG file to write.
+            epoch: the epoch whose first batch is shown (default: :attr:`epoch`, the one the
+                next pass will yield, so the sheet shows exactly what training will see).
+            num: show only the first ``num`` images of the batch (default: all).
+            columns: tiles per row (default: a near-square grid).
+            scale: integer upscaling of every tile (default: tiles at least 96 pixels wide).
+
+        Returns:
+            The dataset indices of the images shown, in tile order (int64).
+        """
+        from .preview import save_batch_grid
+
+        it = self._native.iter_epoch(self._epoch if epoch is None else int(epoch), 0)
+        try:
+            images, labels, indices = next(it)
+        except StopIteration:
+            raise _native.VantixError(f"{self.dataset.path}: this rank has no batch") from None
+        finally:
+            it.close()
+        k = len(indices) if num is None else max(1, int(num))
+        save_batch_grid(
+            images[:k],
+            labels[:k],
+            path,
+            classes=self.classes,
+            mean=self.mean,
+            std=self.std,
+            layout="NHWC" if self.channels_last else self.layout,
+            columns=columns,
+            scale=scale,
+        )
+        return indices[:k]
 
     def _sampling_key(self) -> str:
         """A fingerprint of everything besides seed and epoch that decides what a pass yields."""
@@ -596,6 +731,10 @@ class VantixLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`, also in a new process.
+
+        Args:
+            state: a dict returned by :meth:`state_dict` (possibly saved and loaded with
+                ``torch.save`` / ``torch.load``).
 
         The next pass yields exactly the batches the interrupted run had left in that epoch
         (byte-identical, augmentation included), and the epochs after it match too. Resuming

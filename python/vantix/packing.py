@@ -17,7 +17,17 @@ DEFAULT_MAX_PIXELS = 178_956_970
 
 @dataclass(frozen=True)
 class PackReport:
-    """What :func:`pack` did."""
+    """What :func:`pack` did.
+
+    Attributes:
+        path: the dataset directory written.
+        num_samples: images packed.
+        classes: class names in label order (as ``ImageFolder.classes``).
+        skipped: ``(relative path, reason)`` of every source file that could not be packed.
+        num_shards: shard files written.
+        bytes_written: total size of the dataset on disk, in bytes.
+        seconds: wall time of the pack.
+    """
 
     path: str
     num_samples: int
@@ -91,6 +101,9 @@ def pack(
             ``overwrite``, or (with ``strict``) the first unreadable image.
     """
     width, height = _size_to_wh(size)
+    colour = [int(v) for v in pad_color]
+    if len(colour) != 3:
+        raise _native.VantixError(f"pad_color must be 3 values (R, G, B), got {pad_color!r}")
     if isinstance(shard_size, str):
         shard_size = _native.parse_bytes(shard_size)
     r = _native.pack(
@@ -100,7 +113,7 @@ def pack(
         height,
         mode,
         interpolation,
-        tuple(pad_color),
+        (colour[0], colour[1], colour[2]),
         codec,
         level,
         int(shard_size),
@@ -124,6 +137,9 @@ def pack(
 def verify(path: PathLike) -> None:
     """Recompute every checksum of the dataset at ``path``.
 
+    Args:
+        path: the dataset directory.
+
     Raises:
         VantixError: naming the damaged shard (and record) or the file that fails to open.
     """
@@ -131,5 +147,14 @@ def verify(path: PathLike) -> None:
 
 
 def inspect(path: PathLike) -> dict[str, Any]:
-    """Summary of a dataset: samples per class, geometry, codec, sizes (``vantix-pack inspect``)."""
+    """Summary of a dataset: samples per class, geometry, codec, sizes (``vantix-pack inspect``).
+
+    Args:
+        path: the dataset directory.
+
+    Returns:
+        A dict as ``vantix-pack inspect --json`` prints it (``num_samples``, ``width``,
+        ``height``, ``channels``, ``codec``, ``size_on_disk``, ``classes`` with per-class
+        counts, ...).
+    """
     return json.loads(_native.Dataset(os.fspath(path)).summary_json())

@@ -11,17 +11,37 @@ use vantix_read::{Codec, Dataset};
 use crate::imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
 use crate::inspect::{human_bytes, summarize};
 use crate::pack::{pack, PackOptions};
+use crate::preview;
+
+const EXAMPLES: &str = "\
+Examples:
+  vantix-pack ./train --size 224 -o train.vtx                  ImageFolder -> 224x224 records
+  vantix-pack ./train --size 256x192 --mode squash -o train.vtx   W x H, no crop
+  vantix-pack ./train --size 64 --codec zstd --level 9 -o small.vtx
+  vantix-pack inspect train.vtx                                  classes, counts, geometry, sizes
+  vantix-pack verify train.vtx                                   recompute every checksum
+  vantix-pack preview train.vtx -o sheet.png --num 64            look at 64 packed images
+
+Then, in Python:
+  from vantix import VantixLoader
+  loader = VantixLoader(\"train.vtx\", batch_size=256, shuffle=True)
+  for images, labels in loader:   # uint8 [B, H, W, 3], int64 [B]
+      ...
+
+Run `vantix-pack <COMMAND> --help` for the options of inspect, verify and preview.";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "vantix-pack",
     version,
     about = "Pack a torchvision ImageFolder into a Vantix dataset (decode and resize once, read fast forever).",
-    long_about = "Pack a torchvision ImageFolder (one sub-folder per class) into a Vantix dataset: every \
-image is decoded, converted to RGB and resized once, in parallel, and written to fixed-size records in \
-memory-mappable shards. Read it from Python with vantix.VantixLoader(\"OUT.vtx\").\n\n\
-Examples:\n  vantix-pack ./train --size 224 -o train.vtx\n  vantix-pack ./train --size 256x192 --codec zstd -o train.vtx\n  \
-vantix-pack inspect train.vtx\n  vantix-pack verify train.vtx",
+    long_about = "Pack a torchvision ImageFolder (SRC/<class>/**/<image>, one sub-folder per class) into \
+a Vantix dataset: every image is decoded (JPEG, PNG, BMP, TIFF, WebP, GIF, PPM, by content), converted to \
+RGB and resized once, in parallel, and written to fixed-size records in memory-mappable shards. Classes, \
+files and labels are exactly those torchvision.datasets.ImageFolder(SRC) finds. Unreadable images are \
+skipped and reported (or fail the pack with --strict). The output directory appears atomically. \
+Read it from Python with vantix.VantixLoader(\"OUT.vtx\").",
+    after_help = EXAMPLES,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -35,6 +55,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show what a packed dataset holds: samples per class, geometry, codec, sizes.
+    #[command(
+        after_help = "Examples:\n  vantix-pack inspect train.vtx\n  vantix-pack inspect train.vtx --json | python -m json.tool"
+    )]
     Inspect {
         /// The dataset directory (OUT.vtx).
         dataset: PathBuf,
@@ -43,9 +66,44 @@ enum Command {
         json: bool,
     },
     /// Recompute every checksum and name the damaged shard and record, if any.
+    #[command(
+        after_help = "Exit status 0 when every shard and record checks out, 1 (with the damaged file and record named) otherwise.\n\nExample:\n  vantix-pack verify train.vtx"
+    )]
     Verify {
         /// The dataset directory (OUT.vtx).
         dataset: PathBuf,
+    },
+    /// Write a contact sheet: a PNG grid of packed images, each captioned "#index class".
+    #[command(
+        long_about = "Write a contact sheet: a PNG grid of packed images as they are stored (after the \
+resize, before any augmentation), each captioned \"#index class\", so you can see what was packed. \
+Without --indices, --num records are drawn at random (reproducibly, with --seed) and shown in index \
+order, which is class order. To look at batches after augmentation, use \
+vantix.VantixLoader(...).preview(\"batch.png\") in Python.",
+        after_help = "Examples:\n  vantix-pack preview train.vtx -o sheet.png\n  vantix-pack preview train.vtx -o sheet.png --num 100 --seed 3 --columns 20\n  vantix-pack preview train.vtx -o first.png --indices 0,1,2,3"
+    )]
+    Preview {
+        /// The dataset directory (OUT.vtx).
+        dataset: PathBuf,
+        /// The PNG file to write.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Number of records drawn at random (ignored with --indices).
+        #[arg(short = 'n', long, default_value_t = 64)]
+        num: usize,
+        /// Show exactly these records, in this order, e.g. 0,5,17.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["num", "seed"])]
+        indices: Option<Vec<u64>>,
+        /// Seed of the random draw: the same seed shows the same records.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Tiles per row [default: a near-square grid].
+        #[arg(long)]
+        columns: Option<usize>,
+        /// Integer upscaling of every tile (nearest neighbour) [default: the smallest factor
+        /// making tiles at least 96 pixels wide].
+        #[arg(long)]
+        scale: Option<usize>,
     },
 }
 
@@ -193,6 +251,27 @@ where
             } else {
                 print!("{s}");
             }
+            Ok(())
+        }),
+        Some(Command::Preview {
+            dataset,
+            output,
+            num,
+            indices,
+            seed,
+            columns,
+            scale,
+        }) => Dataset::open(&dataset).and_then(|ds| {
+            let indices = indices.unwrap_or_else(|| preview::sample_indices(ds.len(), num, seed));
+            let sheet = preview::dataset_sheet(&ds, &indices, columns, scale)?;
+            sheet.save_png(&output)?;
+            println!(
+                "wrote {} ({}x{} pixels, {} records)",
+                output.display(),
+                sheet.width,
+                sheet.height,
+                indices.len()
+            );
             Ok(())
         }),
         Some(Command::Verify { dataset }) => Dataset::open(&dataset).and_then(|ds| {

@@ -8,9 +8,11 @@
 //! ```
 
 pub mod cli;
+mod font;
 pub mod imaging;
 pub mod inspect;
 pub mod pack;
+pub mod preview;
 pub mod walk;
 pub mod writer;
 

@@ -1,0 +1,327 @@
+//! Contact sheets: a PNG grid of images with a caption under each, so a user can see what was
+//! packed (`vantix-pack preview`) or what a loader yields after augmentation
+//! (`vantix.save_batch_grid` in Python, which calls [`contact_sheet`]).
+//!
+//! The layout is fixed and documented so that tests (and users) can find every tile:
+//! tiles of `width*scale x height*scale` pixels (nearest-neighbour upscaling), [`GAP`] pixels
+//! apart and from the border, each followed by a [`CAPTION_H`]-pixel caption strip; `columns`
+//! tiles per row. Tile `k` has its top-left corner at
+//! `(GAP + (k % columns) * (width*scale + GAP), GAP + (k / columns) * (height*scale + CAPTION_H + GAP))`.
+
+use std::path::Path;
+
+use vantix_read::sampler::Sampler;
+use vantix_read::{Dataset, Error, Result};
+
+use crate::font::{CELL_H, CELL_W, GLYPHS};
+
+/// Pixels between tiles and around the sheet.
+pub const GAP: usize = 4;
+/// Height of the caption strip under each tile.
+pub const CAPTION_H: usize = CELL_H + 4;
+/// The automatic scale makes tiles at least this wide, so captions stay readable.
+pub const MIN_TILE_WIDTH: usize = 96;
+/// Sheet background (dark grey) and caption colour.
+pub const BACKGROUND: [u8; 3] = [32, 32, 32];
+const TEXT: [u8; 3] = [240, 240, 240];
+
+/// Images laid out as a sheet: `count` images of `height x width x channels` (HWC, uint8,
+/// channels 1 = grey or 3 = RGB; a 4th channel is ignored).
+#[derive(Debug, Clone, Copy)]
+pub struct SheetGeometry {
+    pub count: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    /// Tiles per row.
+    pub columns: usize,
+    /// Integer upscaling factor of every tile.
+    pub scale: usize,
+}
+
+impl SheetGeometry {
+    /// The layout for `count` images: `columns` default to a near-square grid
+    /// (`ceil(sqrt(count))`), `scale` to the smallest factor that makes a tile at least
+    /// [`MIN_TILE_WIDTH`] pixels wide.
+    pub fn new(
+        count: usize,
+        height: usize,
+        width: usize,
+        channels: usize,
+        columns: Option<usize>,
+        scale: Option<usize>,
+    ) -> Result<Self> {
+        if count == 0 {
+            return Err(Error::invalid("a contact sheet needs at least one image"));
+        }
+        if height == 0 || width == 0 || !matches!(channels, 1 | 3 | 4) {
+            return Err(Error::invalid(format!(
+                "contact sheet: images must be HxWxC with C = 1, 3 or 4, got {height}x{width}x{channels}"
+            )));
+        }
+        let columns = match columns {
+            Some(0) => return Err(Error::invalid("columns must be at least 1")),
+            Some(c) => c.min(count),
+            None => (count as f64).sqrt().ceil() as usize,
+        };
+        let scale = match scale {
+            Some(0) => return Err(Error::invalid("scale must be at least 1")),
+            Some(s) => s,
+            None => MIN_TILE_WIDTH.div_ceil(width).max(1),
+        };
+        let g = SheetGeometry {
+            count,
+            height,
+            width,
+            channels,
+            columns,
+            scale,
+        };
+        let (w, h) = g.sheet_size();
+        if w.saturating_mul(h) > 1 << 28 {
+            return Err(Error::invalid(format!(
+                "contact sheet of {w}x{h} pixels is too large: show fewer images or a smaller scale"
+            )));
+        }
+        Ok(g)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.count.div_ceil(self.columns)
+    }
+
+    /// `(width, height)` of one tile on the sheet.
+    pub fn tile_size(&self) -> (usize, usize) {
+        (self.width * self.scale, self.height * self.scale)
+    }
+
+    /// `(width, height)` of the whole sheet in pixels.
+    pub fn sheet_size(&self) -> (usize, usize) {
+        let (tw, th) = self.tile_size();
+        (
+            GAP + self.columns * (tw + GAP),
+            GAP + self.rows() * (th + CAPTION_H + GAP),
+        )
+    }
+
+    /// `(x, y)` of the top-left pixel of tile `k`.
+    pub fn tile_origin(&self, k: usize) -> (usize, usize) {
+        let (tw, th) = self.tile_size();
+        (
+            GAP + (k % self.columns) * (tw + GAP),
+            GAP + (k / self.columns) * (th + CAPTION_H + GAP),
+        )
+    }
+}
+
+/// An RGB image, row-major, 3 bytes per pixel.
+pub struct Sheet {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+impl Sheet {
+    /// Write the sheet as a PNG file.
+    pub fn save_png(&self, path: &Path) -> Result<()> {
+        image::save_buffer_with_format(
+            path,
+            &self.pixels,
+            self.width as u32,
+            self.height as u32,
+            image::ExtendedColorType::Rgb8,
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| match e {
+            image::ImageError::IoError(io) => Error::io(path, io),
+            other => Error::invalid(format!("{}: cannot write PNG: {other}", path.display())),
+        })
+    }
+
+    fn put(&mut self, x: usize, y: usize, rgb: [u8; 3]) {
+        let o = (y * self.width + x) * 3;
+        self.pixels[o..o + 3].copy_from_slice(&rgb);
+    }
+
+    fn blend(&mut self, x: usize, y: usize, rgb: [u8; 3], coverage: u32) {
+        let o = (y * self.width + x) * 3;
+        for (c, &t) in rgb.iter().enumerate() {
+            let b = u32::from(self.pixels[o + c]);
+            self.pixels[o + c] = ((b * (15 - coverage) + u32::from(t) * coverage + 7) / 15) as u8;
+        }
+    }
+
+    /// Draw `text` (printable ASCII; other characters show as `?`) with its top-left corner at
+    /// `(x, y)`, clipped to `max_width` pixels: a caption that does not fit ends in `~`.
+    fn text(&mut self, x: usize, y: usize, text: &str, max_width: usize) {
+        let fit = max_width / CELL_W;
+        let chars: Vec<char> = text.chars().collect();
+        let shown: Vec<char> = if chars.len() > fit && fit > 0 {
+            chars[..fit - 1].iter().copied().chain(['~']).collect()
+        } else {
+            chars.into_iter().take(fit).collect()
+        };
+        for (i, ch) in shown.into_iter().enumerate() {
+            let code = if (' '..='~').contains(&ch) { ch } else { '?' } as usize;
+            let glyph = GLYPHS[code - 32].as_bytes();
+            for gy in 0..CELL_H {
+                for gx in 0..CELL_W {
+                    let v = (glyph[gy * CELL_W + gx] as char).to_digit(16).unwrap_or(0);
+                    let (px, py) = (x + i * CELL_W + gx, y + gy);
+                    if v > 0 && px < self.width && py < self.height {
+                        self.blend(px, py, TEXT, v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Lay out `images` (`g.count` HWC uint8 images, back to back) with one caption each.
+pub fn contact_sheet(images: &[u8], captions: &[String], g: &SheetGeometry) -> Result<Sheet> {
+    let record = g.height * g.width * g.channels;
+    if images.len() != g.count * record {
+        return Err(Error::invalid(format!(
+            "contact sheet: expected {} images of {}x{}x{} ({} bytes), got {} bytes",
+            g.count,
+            g.height,
+            g.width,
+            g.channels,
+            g.count * record,
+            images.len()
+        )));
+    }
+    if captions.len() != g.count {
+        return Err(Error::invalid(format!(
+            "contact sheet: {} images but {} captions",
+            g.count,
+            captions.len()
+        )));
+    }
+    let (width, height) = g.sheet_size();
+    let mut sheet = Sheet {
+        width,
+        height,
+        pixels: BACKGROUND.repeat(width * height),
+    };
+    let (tw, th) = g.tile_size();
+    for (k, (img, caption)) in images.chunks_exact(record).zip(captions).enumerate() {
+        let (x0, y0) = g.tile_origin(k);
+        for ty in 0..th {
+            for tx in 0..tw {
+                let p = ((ty / g.scale) * g.width + tx / g.scale) * g.channels;
+                let rgb = if g.channels == 1 {
+                    [img[p]; 3]
+                } else {
+                    [img[p], img[p + 1], img[p + 2]]
+                };
+                sheet.put(x0 + tx, y0 + ty, rgb);
+            }
+        }
+        sheet.text(x0, y0 + th + 2, caption, tw);
+    }
+    Ok(sheet)
+}
+
+/// The records a preview shows when none are named: `num` distinct indices drawn at random
+/// with `seed` (the loader's permutation of epoch 0), in ascending order so the sheet follows
+/// the class order. All records when `num >= len`.
+pub fn sample_indices(len: usize, num: usize, seed: u64) -> Vec<u64> {
+    let mut idx: Vec<u64> = Sampler::new(len as u64, true, seed)
+        .permutation(0)
+        .into_iter()
+        .take(num)
+        .collect();
+    idx.sort_unstable();
+    idx
+}
+
+/// A contact sheet of the dataset's records `indices`, each captioned `#index class`.
+pub fn dataset_sheet(
+    ds: &Dataset,
+    indices: &[u64],
+    columns: Option<usize>,
+    scale: Option<usize>,
+) -> Result<Sheet> {
+    let geo = ds.geometry();
+    let g = SheetGeometry::new(
+        indices.len(),
+        geo.height as usize,
+        geo.width as usize,
+        geo.channels as usize,
+        columns,
+        scale,
+    )?;
+    let record = ds.record_bytes();
+    let mut images = vec![0u8; record * indices.len()];
+    let mut captions = Vec::with_capacity(indices.len());
+    for (&i, dst) in indices.iter().zip(images.chunks_exact_mut(record)) {
+        let i = usize::try_from(i).unwrap_or(usize::MAX);
+        if i >= ds.len() {
+            return Err(Error::invalid(format!(
+                "{}: record {i} is out of range (the dataset has {} records)",
+                ds.root().display(),
+                ds.len()
+            )));
+        }
+        ds.read_into(i, dst)?;
+        let label = ds.label(i)? as usize;
+        let class = ds.classes().get(label).map_or("?", String::as_str);
+        captions.push(format!("#{i} {class}"));
+    }
+    contact_sheet(&images, &captions, &g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_and_pixels() {
+        let g = SheetGeometry::new(5, 2, 3, 3, Some(2), Some(2)).unwrap();
+        assert_eq!(g.rows(), 3);
+        assert_eq!(g.tile_size(), (6, 4));
+        assert_eq!(
+            g.sheet_size(),
+            (GAP + 2 * (6 + GAP), GAP + 3 * (4 + CAPTION_H + GAP))
+        );
+        let images: Vec<u8> = (0..5 * 2 * 3 * 3).map(|v| v as u8).collect();
+        let captions: Vec<String> = (0..5)
+            .map(|i| format!("#{i} a very long class name"))
+            .collect();
+        let s = contact_sheet(&images, &captions, &g).unwrap();
+        assert_eq!(s.pixels.len(), s.width * s.height * 3);
+        // Tile 3, source pixel (row 1, col 2) covers the 2x2 block at (x0+4.., y0+2..).
+        let (x0, y0) = g.tile_origin(3);
+        let src = 3 * 18 + (3 + 2) * 3;
+        let o = ((y0 + 3) * s.width + x0 + 5) * 3;
+        assert_eq!(&s.pixels[o..o + 3], &images[src..src + 3]);
+        // The border stays background.
+        assert_eq!(&s.pixels[0..3], &BACKGROUND);
+    }
+
+    #[test]
+    fn automatic_geometry_and_errors() {
+        let g = SheetGeometry::new(10, 32, 32, 3, None, None).unwrap();
+        assert_eq!((g.columns, g.scale), (4, 3));
+        assert_eq!(
+            SheetGeometry::new(1, 224, 224, 1, None, None)
+                .unwrap()
+                .scale,
+            1
+        );
+        assert!(SheetGeometry::new(0, 2, 2, 3, None, None).is_err());
+        assert!(SheetGeometry::new(1, 2, 2, 2, None, None).is_err());
+        let g = SheetGeometry::new(2, 2, 2, 3, None, Some(1)).unwrap();
+        assert!(contact_sheet(&[0; 5], &["a".into(), "b".into()], &g).is_err());
+    }
+
+    #[test]
+    fn sampled_indices_are_distinct_sorted_and_reproducible() {
+        let a = sample_indices(100, 10, 7);
+        assert_eq!(a, sample_indices(100, 10, 7));
+        assert_ne!(a, sample_indices(100, 10, 8));
+        assert!(a.windows(2).all(|w| w[0] < w[1]) && a.len() == 10);
+        assert_eq!(sample_indices(3, 10, 0), vec![0, 1, 2]);
+    }
+}
