@@ -165,6 +165,7 @@ impl PackArgs {
             overwrite: self.overwrite,
             progress: !self.quiet && std::io::stderr().is_terminal(),
             report_skipped: true,
+            interrupt: None,
         }
     }
 }

@@ -43,6 +43,19 @@ pub struct PackOptions {
     pub progress: bool,
     /// Print each skipped file to stderr.
     pub report_skipped: bool,
+    /// Asked between chunks of images: when it returns true the pack stops with
+    /// [`Error::Interrupted`] and leaves nothing behind (Python's Ctrl-C uses it).
+    pub interrupt: Option<Interrupt>,
+}
+
+/// A check for "stop now", called from the packing thread between chunks of images.
+#[derive(Clone)]
+pub struct Interrupt(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interrupt")
+    }
 }
 
 pub const DEFAULT_SHARD_SIZE: u64 = 512 << 20;
@@ -73,16 +86,17 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Remove `.NAME.partial-PID` siblings left by packers that were killed.
+/// Remove `.NAME.partial-PID` (and `.NAME.old-PID`) siblings left by packers that were killed.
 fn remove_stale_partials(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.partial-");
+    let prefixes = [format!(".{name}.partial-"), format!(".{name}.old-")];
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for e in entries.flatten() {
         let fname = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = fname
-            .strip_prefix(&prefix)
+        if let Some(pid) = prefixes
+            .iter()
+            .find_map(|p| fname.strip_prefix(p.as_str()))
             .and_then(|p| p.parse::<u32>().ok())
         {
             if !pid_alive(pid) {
@@ -146,7 +160,27 @@ fn check_options(opts: &PackOptions) -> Result<()> {
 }
 
 /// Pack the ImageFolder at `src` into a new dataset directory `dst`.
+///
+/// On any error (including a full disk, a file-size limit or an interrupt) the temporary
+/// output is removed and nothing appears at `dst`.
 pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
+    pack_atomically(src, dst, opts).map_err(|e| match e {
+        // A write error names a file of the (now removed) temporary directory: say so.
+        Error::Io { path, source } if path.contains(".partial-") => Error::Io {
+            path: dst.display().to_string(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "cannot write the dataset: {source} (writing {path}); the partial output \
+                     was removed and nothing was written at the output path"
+                ),
+            ),
+        },
+        e => e,
+    })
+}
+
+fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     let start = Instant::now();
     check_options(opts)?;
     let dst_name = dst
@@ -214,6 +248,12 @@ pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     let mut packed_sources = Vec::with_capacity(folder.files.len());
     let chunk = 64 * threads;
     for files in folder.files.chunks(chunk) {
+        if opts.interrupt.as_ref().is_some_and(|stop| (stop.0)()) {
+            return Err(Error::Interrupted(format!(
+                "packing {} stopped; nothing was written there",
+                dst.display()
+            )));
+        }
         let results: Vec<_> = pool.install(|| {
             files
                 .par_iter()
