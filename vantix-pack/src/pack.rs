@@ -323,13 +323,28 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     write_synced(&tmp_path.join(MANIFEST_NAME), manifest.to_json().as_bytes())?;
     sync_dir(&tmp_path)?;
 
-    // Move into place. With --overwrite the old dataset is moved aside first, then removed.
+    // Move into place. With --overwrite the new and the old dataset swap places in one atomic
+    // step (renameat2 RENAME_EXCHANGE), so the output path always holds a complete dataset;
+    // where the file system cannot exchange, the old one is moved aside first.
     if dst.exists() {
         if !opts.overwrite {
             return Err(Error::invalid(format!(
                 "{}: appeared while packing; not replaced",
                 dst.display()
             )));
+        }
+        if exchange(&tmp_path, dst).is_ok() {
+            // `tmp_path` now holds the old dataset; the guard removes it.
+            drop(tmp);
+            sync_dir(&parent)?;
+            return Ok(report(
+                dst,
+                folder.classes,
+                num_samples,
+                skipped,
+                shards,
+                start,
+            ));
         }
         let old = parent.join(format!(".{dst_name}.old-{}", std::process::id()));
         std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
@@ -340,17 +355,58 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     }
     tmp.0 = None;
     sync_dir(&parent)?;
-
-    let bytes_written = shards.iter().map(|s| s.size_bytes).sum();
-    Ok(PackReport {
-        output: dst.to_path_buf(),
-        classes: folder.classes,
+    Ok(report(
+        dst,
+        folder.classes,
         num_samples,
         skipped,
         shards,
-        bytes_written,
+        start,
+    ))
+}
+
+fn report(
+    dst: &Path,
+    classes: Vec<String>,
+    num_samples: u64,
+    skipped: Vec<Skipped>,
+    shards: Vec<ShardInfo>,
+    start: Instant,
+) -> PackReport {
+    PackReport {
+        output: dst.to_path_buf(),
+        classes,
+        num_samples,
+        skipped,
+        bytes_written: shards.iter().map(|s| s.size_bytes).sum(),
+        shards,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    }
+}
+
+/// Swap the directory entries `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the current directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
