@@ -12,10 +12,25 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use vantix_pack::{Interpolation, PackOptions, ResizeMode, ResizeSpec};
+use vantix_pack::{Interpolation, Interrupt, PackOptions, ResizeMode, ResizeSpec};
 use vantix_read::{
-    Allocator, Codec, DType, EpochIter, ExternalMemory, Layout, LoaderConfig, Order, PooledBuffer,
+    Allocator, Codec, DType, EpochIter, ExternalMemory, Layout, LoaderConfig, Next, Order,
+    PooledBuffer, Verify,
 };
+
+/// How long a wait for a batch (or a pack) goes without checking for Ctrl-C.
+const SIGNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn parse_verify(verify: Option<&str>) -> PyResult<Verify> {
+    match verify {
+        None => Ok(Verify::None),
+        Some(v) => Verify::parse(v).ok_or_else(|| {
+            VantixError::new_err(format!(
+                "verify must be None, 'shard' or 'record', got {v:?}"
+            ))
+        }),
+    }
+}
 
 create_exception!(
     vantix,
@@ -32,17 +47,22 @@ fn err(e: vantix_read::Error) -> PyErr {
 #[pyclass(frozen, module = "vantix._native")]
 struct Dataset {
     inner: Arc<vantix_read::Dataset>,
+    /// Checksums checked by `get` (see `Verify`).
+    verify: Verify,
 }
 
 #[pymethods]
 impl Dataset {
     #[new]
-    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (path, verify=None))]
+    fn new(py: Python<'_>, path: PathBuf, verify: Option<&str>) -> PyResult<Self> {
+        let verify = parse_verify(verify)?;
         let ds = py
             .detach(|| vantix_read::Dataset::open(&path))
             .map_err(err)?;
         Ok(Dataset {
             inner: Arc::new(ds),
+            verify,
         })
     }
 
@@ -85,8 +105,15 @@ impl Dataset {
     /// Image `i` (HWC uint8, a new array) and its label.
     fn get<'py>(&self, py: Python<'py>, i: usize) -> PyResult<(Bound<'py, PyArray3<u8>>, i64)> {
         let mut buf = vec![0u8; self.inner.record_bytes()];
-        py.detach(|| self.inner.read_into(i, &mut buf))
-            .map_err(err)?;
+        let idx = [i as u64];
+        py.detach(|| {
+            // The shard must not have changed on disk since open (a truncated mapping would
+            // SIGBUS), before and after the copy.
+            self.inner.check_before_read(&idx, self.verify)?;
+            self.inner.read_into(i, &mut buf)?;
+            self.inner.check_after_read(&idx)
+        })
+        .map_err(err)?;
         let label = self.inner.label(i).map_err(err)?;
         let (h, w, c) = self.shape();
         let arr = PyArray1::from_vec(py, buf).reshape([h, w, c])?;
@@ -241,7 +268,7 @@ struct Loader {
 #[pymethods]
 impl Loader {
     #[new]
-    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size, drop_remainder, transform=None, order="random", block_size=256, block_window=16, indices=None, allocator=None))]
+    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size, drop_remainder, transform=None, order="random", block_size=256, block_window=16, indices=None, allocator=None, verify=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dataset: &Dataset,
@@ -260,7 +287,9 @@ impl Loader {
         block_window: u64,
         indices: Option<Vec<u64>>,
         allocator: Option<Py<PyAny>>,
+        verify: Option<&str>,
     ) -> PyResult<Self> {
+        let verify = parse_verify(verify)?;
         let order = match (shuffle, order) {
             (false, _) => Order::Sequential,
             (true, "random") => Order::Random,
@@ -286,6 +315,7 @@ impl Loader {
             world_size,
             drop_remainder,
             transform: transform.map(|t| t.inner.clone()).unwrap_or_default(),
+            verify,
         };
         let allocator = allocator.map(|f| Arc::new(PyAllocator(f)) as Arc<dyn Allocator>);
         let loader =
@@ -376,20 +406,25 @@ impl EpochIterator {
     }
 
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<BatchArrays<'py>>> {
-        let Some(it) = self.it.as_mut() else {
-            return Ok(None);
-        };
-        let next = py.detach(|| it.next());
-        let batch = match next {
-            None => {
-                self.close(py);
+        let batch = loop {
+            let Some(it) = self.it.as_mut() else {
                 return Ok(None);
+            };
+            // Wait without the GIL, but come back often enough to let Ctrl-C (or any signal
+            // handler that raises) interrupt a wait for a slow batch; the iterator stays
+            // usable, and dropping it stops the prefetch thread.
+            match py.detach(|| it.next_timeout(SIGNAL_CHECK)) {
+                Next::Waiting => py.check_signals()?,
+                Next::End => {
+                    self.close(py);
+                    return Ok(None);
+                }
+                Next::Batch(Err(e)) => {
+                    self.close(py);
+                    return Err(err(e));
+                }
+                Next::Batch(Ok(b)) => break b,
             }
-            Some(Err(e)) => {
-                self.close(py);
-                return Err(err(e));
-            }
-            Some(Ok(b)) => b,
         };
         let (shape, dtype) = (batch.shape, batch.dtype);
         let ptr = batch.images.as_ptr();
@@ -484,10 +519,32 @@ fn pack<'py>(
         overwrite,
         progress,
         report_skipped: true,
+        interrupt: None,
     };
-    let report = py
-        .detach(|| vantix_pack::pack(&src, &dst, &opts))
-        .map_err(err)?;
+    // Ctrl-C: the packing thread (this one, with the GIL released) asks Python between chunks
+    // of images whether a signal handler raised; the pack then stops, removes its temporary
+    // output, and the handler's exception (KeyboardInterrupt) is raised here.
+    let raised: Arc<std::sync::Mutex<Option<PyErr>>> = Arc::default();
+    let opts = PackOptions {
+        interrupt: Some(Interrupt(Arc::new({
+            let raised = Arc::clone(&raised);
+            move || {
+                Python::attach(|py| match py.check_signals() {
+                    Ok(()) => false,
+                    Err(e) => {
+                        *raised.lock().unwrap() = Some(e);
+                        true
+                    }
+                })
+            }
+        }))),
+        ..opts
+    };
+    let result = py.detach(|| vantix_pack::pack(&src, &dst, &opts));
+    if let Some(e) = raised.lock().unwrap().take() {
+        return Err(e);
+    }
+    let report = result.map_err(err)?;
     let d = PyDict::new(py);
     d.set_item("path", report.output)?;
     d.set_item("num_samples", report.num_samples)?;

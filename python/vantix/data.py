@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+import weakref
 from collections import deque
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
@@ -43,13 +44,19 @@ class VantixDataset:
         transform: optional callable applied to each image (an ``(H, W, 3)`` uint8 array, so
             a torchvision ``Compose`` starts with ``PIL.Image.fromarray`` or ``ToTensor()``).
         target_transform: optional callable applied to each label.
+        verify: checksums checked before an image is returned: ``None`` (the default: lengths
+            and offsets are validated at open, checksums only by :meth:`verify`), ``"shard"``
+            (verify a whole shard, its xxh3 and every record CRC, the first time an image of
+            it is read) or ``"record"`` (check each image's CRC-32 every time it is read; it
+            does not cover labels).
 
     Attributes:
         classes: class names in label order, as ``ImageFolder.classes``.
         class_to_idx: ``{class name: label}``, as ``ImageFolder.class_to_idx``.
 
     Raises:
-        VantixError: the dataset is missing, truncated or damaged (checked at open).
+        VantixError: the dataset is missing, truncated or damaged (checked at open); when
+            reading, a shard changed on disk since open, or (with ``verify``) damaged data.
 
     Example::
 
@@ -63,11 +70,13 @@ class VantixDataset:
         path: PathLike,
         transform: Optional[Callable[[np.ndarray], Any]] = None,
         target_transform: Optional[Callable[[int], Any]] = None,
+        verify: Optional[str] = None,
     ) -> None:
         self.path = os.fspath(path)
         self.transform = transform
         self.target_transform = target_transform
-        self._native = _native.Dataset(self.path)
+        self.verify_mode = _verify_arg(verify)
+        self._native = _native.Dataset(self.path, verify=self.verify_mode)
         self.classes: list[str] = self._native.classes
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self._targets: Optional[list[int]] = None
@@ -156,10 +165,13 @@ class VantixDataset:
             "path": self.path,
             "transform": self.transform,
             "target_transform": self.target_transform,
+            "verify": self.verify_mode,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["transform"], state["target_transform"])  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            state["path"], state["transform"], state["target_transform"], state.get("verify")
+        )
 
     def __repr__(self) -> str:
         h, w, c = self.shape
@@ -167,6 +179,15 @@ class VantixDataset:
             f"VantixDataset({self.path!r}, num_samples={len(self)}, "
             f"classes={len(self.classes)}, shape=({h}, {w}, {c}))"
         )
+
+
+def _verify_arg(verify: Any) -> Optional[str]:
+    """``None``, ``"shard"`` or ``"record"`` (``"none"`` and ``False`` mean ``None``)."""
+    if verify is None or verify is False or verify == "none":
+        return None
+    if verify in ("shard", "record"):
+        return str(verify)
+    raise _native.VantixError(f"verify must be None, 'shard' or 'record', got {verify!r}")
 
 
 def _distributed_defaults(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
@@ -469,6 +490,22 @@ class VantixLoader:
         device: ``"cuda"`` (or ``"cuda:N"``, a ``torch.device``): return batches on that GPU,
             copied from pinned memory with ``non_blocking=True``; a host buffer is refilled only
             after its copy has finished. ``VantixError`` when CUDA is not available.
+        verify: checksums checked before a batch is served, for data you do not trust (a copy
+            over a flaky network, a disk with errors): ``None`` (the default: lengths and
+            offsets are validated at open, checksums only by ``vantix.verify``), ``"shard"``
+            (verify each shard, its xxh3 and every record CRC, the first time a batch reads
+            from it: the whole dataset once per loader, as strong as ``vantix.verify``) or
+            ``"record"`` (check the CRC-32 of every image of every batch; pixels only, not
+            labels). A failed check raises ``VantixError`` naming the shard and record.
+
+    Whatever ``verify`` says, every batch checks (``fstat``) that the shards it reads have not
+    been truncated or rewritten since the dataset was opened, and raises ``VantixError`` naming
+    the shard instead of reading a changed file (see ``docs/RELIABILITY.md``).
+
+    A loader holds threads and memory-mapped files: :meth:`close` (or ``with VantixLoader(...)
+    as loader:``) releases them at once; using a closed loader raises ``VantixError``.
+    Interrupting an iteration (``break``, an exception, Ctrl-C) stops its prefetch thread and
+    leaves the loader usable.
 
     Raises:
         VantixError: the dataset cannot be opened or an option is invalid.
@@ -517,7 +554,11 @@ class VantixLoader:
         block_window: int = 16,
         pin_memory: bool = False,
         device: Any = None,
+        verify: Optional[str] = None,
     ) -> None:
+        self._native: Any = None  # set last: a loader that failed to build is closed
+        self._iterators: weakref.WeakSet[_BatchIterator] = weakref.WeakSet()
+        self.verify = _verify_arg(verify)
         self.dataset = path if isinstance(path, VantixDataset) else VantixDataset(path)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -582,6 +623,7 @@ class VantixLoader:
             block_window=block_window,
             indices=None if self.indices is None else self.indices.tolist(),
             allocator=allocator,
+            verify=self.verify,
         )
         self._epoch = 0
         # Where the next pass starts inside its epoch (set by load_state_dict), and the
@@ -589,9 +631,38 @@ class VantixLoader:
         self._resume_start = 0
         self._progress: Optional[_Progress] = None
 
+    def _open_native(self) -> Any:
+        """The native loader; ``VantixError`` once the loader is closed."""
+        if self._native is None:
+            raise _native.VantixError(
+                f"this VantixLoader over {self.dataset.path!r} is closed; create a new one"
+            )
+        return self._native
+
+    def close(self) -> None:
+        """Stop every iteration in progress (joining its prefetch thread) and release the
+        loader's threads and buffers. Idempotent; using the loader afterwards raises
+        ``VantixError``. Batches already handed out stay valid."""
+        for it in list(self._iterators):
+            it._close(closed_loader=True)
+        self._iterators.clear()
+        self._native = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._native is None
+
+    def __enter__(self) -> VantixLoader:
+        self._open_native()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def __len__(self) -> int:
         """Batches per epoch for this rank."""
-        return len(self._native)
+        return len(self._open_native())
 
     @property
     def epoch(self) -> int:
@@ -616,7 +687,7 @@ class VantixLoader:
             samples_seen: start that many samples (all ranks together) into the epoch, as a
                 pass resumed from a :meth:`state_dict` does.
         """
-        return self._native.epoch_indices(epoch, samples_seen)
+        return self._open_native().epoch_indices(epoch, samples_seen)
 
     @property
     def classes(self) -> list[str]:
@@ -639,13 +710,16 @@ class VantixLoader:
         A background thread assembles batches ahead; abandoning the iterator (``break``, an
         exception) stops it.
         """
+        loader = self._open_native()
         epoch, start = self._epoch, self._resume_start
         self._epoch += 1
         self._resume_start = 0
-        total = self._native.num_batches_from(start)
+        total = loader.num_batches_from(start)
         self._progress = _Progress(epoch, start, total)
-        native = self._native.iter_epoch(epoch, start)
-        return _BatchIterator(native, self._progress, self.channels_last, self.device)
+        native = loader.iter_epoch(epoch, start)
+        it = _BatchIterator(native, self._progress, self.channels_last, self.device)
+        self._iterators.add(it)
+        return it
 
     def preview(
         self,
@@ -674,7 +748,7 @@ class VantixLoader:
         """
         from .preview import save_batch_grid
 
-        it = self._native.iter_epoch(self._epoch if epoch is None else int(epoch), 0)
+        it = self._open_native().iter_epoch(self._epoch if epoch is None else int(epoch), 0)
         try:
             images, labels, indices = next(it)
         except StopIteration:
@@ -768,6 +842,8 @@ class VantixLoader:
         self._epoch, self._resume_start, self._progress = epoch, seen, None
 
     def __repr__(self) -> str:
+        if self._native is None:
+            return f"<closed VantixLoader over {self.dataset.path!r}>"
         return (
             f"VantixLoader({self.dataset.path!r}, batch_size={self.batch_size}, "
             f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, "
@@ -800,6 +876,7 @@ class _BatchIterator:
         self._inflight: deque[tuple[Any, Any]] = deque()
         self.epoch = progress.epoch
         self._torch = _torch()
+        self._loader_closed = False
 
     def __len__(self) -> int:
         return self._progress.total - self._progress.batches
@@ -808,6 +885,8 @@ class _BatchIterator:
         return self
 
     def __next__(self) -> tuple[Any, Any]:
+        if self._loader_closed:
+            raise _native.VantixError("the VantixLoader of this iterator was closed")
         try:
             images, labels, _indices = next(self._native)
         except StopIteration:
@@ -839,6 +918,10 @@ class _BatchIterator:
 
     def close(self) -> None:
         """Stop the background thread now."""
+        self._close()
+
+    def _close(self, closed_loader: bool = False) -> None:
+        self._loader_closed = self._loader_closed or closed_loader
         self._drain()
         self._native.close()
 

@@ -223,6 +223,7 @@ impl PackArgs {
             overwrite: self.overwrite,
             progress: !self.quiet && std::io::stderr().is_terminal(),
             report_skipped: true,
+            interrupt: None,
         }
     }
 }

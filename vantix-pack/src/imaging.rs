@@ -5,9 +5,10 @@
 //! - 16-bit images are scaled to 8 bits (`v / 257`, rounded). Pillow's `convert("RGB")` clips
 //!   them at 255, which turns most 16-bit photographs white.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -274,9 +275,40 @@ pub fn process(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
     })
 }
 
-/// Run `f`, turning a panic into an error that carries the panic message.
+thread_local! {
+    /// Set while [`isolate`] runs on this thread: its panics are caught and reported as a
+    /// skipped file, so the panic hook stays quiet and records where the panic happened.
+    static ISOLATED: Cell<bool> = const { Cell::new(false) };
+    static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Install (once) a panic hook that is silent for panics inside [`isolate`] and hands every
+/// other panic to the hook that was there before.
+fn install_quiet_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if ISOLATED.with(Cell::get) {
+                let at = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()));
+                PANIC_AT.with(|p| *p.borrow_mut() = at);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Run `f`, turning a panic into an error that carries the panic message (and nothing on
+/// stderr: the caller reports the file as skipped with this reason).
 pub fn isolate<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    install_quiet_panic_hook();
+    let was = ISOLATED.with(|i| i.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    ISOLATED.with(|i| i.set(was));
+    match result {
         Ok(r) => r,
         Err(p) => {
             let msg = p
@@ -284,7 +316,11 @@ pub fn isolate<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(format!("decoder panicked: {msg}"))
+            let at = PANIC_AT.with(|p| p.borrow_mut().take());
+            Err(match at {
+                Some(at) => format!("decoder panicked: {msg} (at {at})"),
+                None => format!("decoder panicked: {msg}"),
+            })
         }
     }
 }
@@ -340,7 +376,12 @@ mod tests {
     #[test]
     fn a_panic_becomes_an_error_for_that_file() {
         let r: Result<(), String> = isolate(|| panic!("boom at row {}", 7));
-        assert_eq!(r, Err("decoder panicked: boom at row 7".to_string()));
+        let msg = r.unwrap_err();
+        assert!(
+            msg.starts_with("decoder panicked: boom at row 7 (at "),
+            "{msg}"
+        );
+        assert!(msg.contains("imaging.rs:"), "{msg}");
         assert_eq!(isolate(|| Ok(3)), Ok(3));
     }
 

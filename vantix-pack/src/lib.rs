@@ -17,7 +17,7 @@ pub mod walk;
 pub mod writer;
 
 pub use imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
-pub use pack::{pack, PackOptions, PackReport, DEFAULT_SHARD_SIZE};
+pub use pack::{pack, Interrupt, PackOptions, PackReport, DEFAULT_SHARD_SIZE};
 pub use walk::{scan, ImageFolder, SourceFile, IMG_EXTENSIONS};
 
 impl Default for PackOptions {
@@ -38,6 +38,7 @@ impl Default for PackOptions {
             overwrite: false,
             progress: false,
             report_skipped: true,
+            interrupt: None,
         }
     }
 }

@@ -43,6 +43,19 @@ pub struct PackOptions {
     pub progress: bool,
     /// Print each skipped file to stderr.
     pub report_skipped: bool,
+    /// Asked between chunks of images: when it returns true the pack stops with
+    /// [`Error::Interrupted`] and leaves nothing behind (Python's Ctrl-C uses it).
+    pub interrupt: Option<Interrupt>,
+}
+
+/// A check for "stop now", called from the packing thread between chunks of images.
+#[derive(Clone)]
+pub struct Interrupt(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interrupt")
+    }
 }
 
 pub const DEFAULT_SHARD_SIZE: u64 = 512 << 20;
@@ -73,16 +86,17 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Remove `.NAME.partial-PID` siblings left by packers that were killed.
+/// Remove `.NAME.partial-PID` (and `.NAME.old-PID`) siblings left by packers that were killed.
 fn remove_stale_partials(parent: &Path, name: &str) {
-    let prefix = format!(".{name}.partial-");
+    let prefixes = [format!(".{name}.partial-"), format!(".{name}.old-")];
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for e in entries.flatten() {
         let fname = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = fname
-            .strip_prefix(&prefix)
+        if let Some(pid) = prefixes
+            .iter()
+            .find_map(|p| fname.strip_prefix(p.as_str()))
             .and_then(|p| p.parse::<u32>().ok())
         {
             if !pid_alive(pid) {
@@ -146,7 +160,27 @@ fn check_options(opts: &PackOptions) -> Result<()> {
 }
 
 /// Pack the ImageFolder at `src` into a new dataset directory `dst`.
+///
+/// On any error (including a full disk, a file-size limit or an interrupt) the temporary
+/// output is removed and nothing appears at `dst`.
 pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
+    pack_atomically(src, dst, opts).map_err(|e| match e {
+        // A write error names a file of the (now removed) temporary directory: say so.
+        Error::Io { path, source } if path.contains(".partial-") => Error::Io {
+            path: dst.display().to_string(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "cannot write the dataset: {source} (writing {path}); the partial output \
+                     was removed and nothing was written at the output path"
+                ),
+            ),
+        },
+        e => e,
+    })
+}
+
+fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     let start = Instant::now();
     check_options(opts)?;
     let dst_name = dst
@@ -214,6 +248,12 @@ pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     let mut packed_sources = Vec::with_capacity(folder.files.len());
     let chunk = 64 * threads;
     for files in folder.files.chunks(chunk) {
+        if opts.interrupt.as_ref().is_some_and(|stop| (stop.0)()) {
+            return Err(Error::Interrupted(format!(
+                "packing {} stopped; nothing was written there",
+                dst.display()
+            )));
+        }
         let results: Vec<_> = pool.install(|| {
             files
                 .par_iter()
@@ -283,13 +323,28 @@ pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     write_synced(&tmp_path.join(MANIFEST_NAME), manifest.to_json().as_bytes())?;
     sync_dir(&tmp_path)?;
 
-    // Move into place. With --overwrite the old dataset is moved aside first, then removed.
+    // Move into place. With --overwrite the new and the old dataset swap places in one atomic
+    // step (renameat2 RENAME_EXCHANGE), so the output path always holds a complete dataset;
+    // where the file system cannot exchange, the old one is moved aside first.
     if dst.exists() {
         if !opts.overwrite {
             return Err(Error::invalid(format!(
                 "{}: appeared while packing; not replaced",
                 dst.display()
             )));
+        }
+        if exchange(&tmp_path, dst).is_ok() {
+            // `tmp_path` now holds the old dataset; the guard removes it.
+            drop(tmp);
+            sync_dir(&parent)?;
+            return Ok(report(
+                dst,
+                folder.classes,
+                num_samples,
+                skipped,
+                shards,
+                start,
+            ));
         }
         let old = parent.join(format!(".{dst_name}.old-{}", std::process::id()));
         std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
@@ -300,17 +355,58 @@ pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     }
     tmp.0 = None;
     sync_dir(&parent)?;
-
-    let bytes_written = shards.iter().map(|s| s.size_bytes).sum();
-    Ok(PackReport {
-        output: dst.to_path_buf(),
-        classes: folder.classes,
+    Ok(report(
+        dst,
+        folder.classes,
         num_samples,
         skipped,
         shards,
-        bytes_written,
+        start,
+    ))
+}
+
+fn report(
+    dst: &Path,
+    classes: Vec<String>,
+    num_samples: u64,
+    skipped: Vec<Skipped>,
+    shards: Vec<ShardInfo>,
+    start: Instant,
+) -> PackReport {
+    PackReport {
+        output: dst.to_path_buf(),
+        classes,
+        num_samples,
+        skipped,
+        bytes_written: shards.iter().map(|s| s.size_bytes).sum(),
+        shards,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    }
+}
+
+/// Swap the directory entries `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two valid NUL-terminated paths, relative to the current directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -3,23 +3,48 @@
 //! served. After `Dataset::open` succeeds, reading record `i` is bounds-safe by construction.
 
 use std::cell::RefCell;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    table_u32, table_u64, Codec, Geometry, Manifest, ShardHeader, FORMAT_VERSION, MANIFEST_FORMAT,
-    MANIFEST_NAME, MAX_MANIFEST_BYTES,
+    table_u32, table_u64, Codec, Geometry, Manifest, ShardHeader, MANIFEST_NAME, MAX_MANIFEST_BYTES,
 };
+
+/// What identifies a shard file's content on disk: length, modification and change times (s, ns).
+/// Taken at open; a mapped shard whose stamp changes has been modified under the reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Stamp {
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
 
 /// One memory-mapped, validated shard.
 pub struct Shard {
     name: String,
+    /// The open file behind `mmap`, kept to check (`fstat`) that it has not changed.
+    file: File,
+    stamp: Stamp,
     mmap: Mmap,
     header: ShardHeader,
+    /// Set once the whole shard has passed verification (checked-read mode `shard`).
+    verified: AtomicBool,
 }
 
 impl Shard {
@@ -63,6 +88,88 @@ impl Shard {
     pub fn size_bytes(&self) -> u64 {
         self.mmap.len() as u64
     }
+
+    /// Check that the file behind the mapping still has the length and times it had at open.
+    ///
+    /// Reading a page of a mapping past the end of a truncated file kills the process with
+    /// `SIGBUS`, so the loader calls this before (and after) copying from a shard: a shard that
+    /// is truncated, extended or rewritten in place while open becomes an error that names it.
+    /// A truncation that races with the copy itself cannot be caught this way (see
+    /// `docs/FORMAT.md`, "Concurrent changes").
+    pub fn check_unchanged(&self) -> Result<()> {
+        let meta = self.file.metadata().map_err(|e| Error::io(&self.name, e))?;
+        let now = Stamp::of(&meta);
+        if now == self.stamp {
+            return Ok(());
+        }
+        let what = if now.len != self.stamp.len {
+            format!(
+                "it is now {} bytes, it was {} bytes when the dataset was opened",
+                now.len, self.stamp.len
+            )
+        } else {
+            "it was rewritten in place (its modification time changed)".to_string()
+        };
+        Err(Error::Changed {
+            file: self.name.clone(),
+            msg: format!(
+                "shard changed on disk while the dataset was open: {what}; a packed dataset must \
+                 not be modified in place (repack to a new path, then reopen)"
+            ),
+        })
+    }
+}
+
+/// How much a reader checks the stored checksums before serving a record (`verify=` in
+/// Python). Opening always validates lengths and offsets; this adds the checksums.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Verify {
+    /// Serve records as they are (the default; run [`Dataset::verify`] once to check a copy).
+    #[default]
+    None,
+    /// Verify each shard (every record CRC and the shard's xxh3) the first time a record of it
+    /// is served; a shard is verified once per opened dataset.
+    Shard,
+    /// Check the CRC-32 of each record every time it is served.
+    Record,
+}
+
+impl Verify {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Verify::None),
+            "shard" => Some(Verify::Shard),
+            "record" => Some(Verify::Record),
+            _ => None,
+        }
+    }
+}
+
+/// Open a file read-only without following a symlink and without blocking (a FIFO put in
+/// place of a file would otherwise hang `open`), and check that it is a regular file.
+fn open_regular(path: &Path, what: &str) -> Result<(File, std::fs::Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                Error::corrupt(
+                    path.display().to_string(),
+                    format!("{what} is a symlink (refused: it could point outside the dataset)"),
+                )
+            } else {
+                Error::io(path, e)
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::corrupt(
+            path.display().to_string(),
+            format!("{what} is not a regular file"),
+        ));
+    }
+    Ok((file, meta))
 }
 
 /// A packed dataset, opened and validated.
@@ -137,8 +244,11 @@ impl Dataset {
                     "shard is not a regular file (symlinks are refused)",
                 ));
             }
-            let file = File::open(&spath).map_err(|e| Error::io(&spath, e))?;
-            let len = file.metadata().map_err(|e| Error::io(&spath, e))?.len();
+            // Opened without following symlinks: a link swapped in after the check above is
+            // refused too.
+            let (file, meta) = open_regular(&spath, "shard")?;
+            let stamp = Stamp::of(&meta);
+            let len = meta.len();
             if len != info.size_bytes {
                 return Err(Error::corrupt(
                     &sname,
@@ -151,6 +261,12 @@ impl Dataset {
             // SAFETY: the mapping is read-only; a file changed underneath by another process is
             // outside what a mapping can guard against (see docs/FORMAT.md, "Concurrent changes").
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&spath, e))?;
+            if mmap.len() as u64 != len {
+                return Err(Error::corrupt(
+                    &sname,
+                    "file changed while it was being opened",
+                ));
+            }
             let header = ShardHeader::decode(&mmap, len, &sname)?;
             if header.geometry != geometry {
                 return Err(Error::corrupt(
@@ -178,8 +294,11 @@ impl Dataset {
             }
             let shard = Shard {
                 name: sname.clone(),
+                file,
+                stamp,
                 mmap,
                 header,
+                verified: AtomicBool::new(false),
             };
             let labels = shard.labels();
             for j in 0..header.num_records as usize {
@@ -382,30 +501,93 @@ impl Dataset {
     /// Recompute every checksum: each shard's xxh3 against the manifest and each record's
     /// CRC-32 against the shard's table. The error names the damaged shard (and record).
     pub fn verify(&self) -> Result<()> {
+        (0..self.shards.len()).try_for_each(|k| self.verify_shard(k))
+    }
+
+    /// Verify shard `k` (every record's CRC-32, then the whole file's xxh3); on success the
+    /// shard is remembered as verified.
+    pub fn verify_shard(&self, k: usize) -> Result<()> {
+        let (shard, info) = (&self.shards[k], &self.manifest.shards[k]);
+        shard.check_unchanged()?;
         let rb = self.record_bytes();
-        for (shard, info) in self.shards.iter().zip(&self.manifest.shards) {
-            let crcs = shard.crcs();
-            for j in 0..shard.header.num_records as usize {
-                if crc32fast::hash(shard.stored(j, rb)) != table_u32(crcs, j) {
-                    return Err(Error::Checksum {
-                        file: shard.name.clone(),
-                        msg: format!(
-                            "record {j} (sample {}) is damaged",
-                            shard.header.first_index + j as u64
-                        ),
-                    });
-                }
-            }
-            let got = crate::format::xxh3_hex(&shard.mmap);
-            if got != info.xxh3 {
+        let crcs = shard.crcs();
+        for j in 0..shard.header.num_records as usize {
+            if crc32fast::hash(shard.stored(j, rb)) != table_u32(crcs, j) {
                 return Err(Error::Checksum {
                     file: shard.name.clone(),
                     msg: format!(
-                        "xxh3 is {got}, the manifest says {} (shard is damaged)",
-                        info.xxh3
+                        "record {j} (sample {}) is damaged",
+                        shard.header.first_index + j as u64
                     ),
                 });
             }
+        }
+        let got = crate::format::xxh3_hex(&shard.mmap);
+        if got != info.xxh3 {
+            return Err(Error::Checksum {
+                file: shard.name.clone(),
+                msg: format!(
+                    "xxh3 is {got}, the manifest says {} (shard is damaged)",
+                    info.xxh3
+                ),
+            });
+        }
+        shard.check_unchanged()?;
+        shard.verified.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Index of the shard that holds sample `i`.
+    pub fn shard_of(&self, i: usize) -> Result<usize> {
+        Ok(self.position(i)?.0)
+    }
+
+    /// Check, before serving from the shards of `indices`, that none of them has changed on
+    /// disk since open ([`Shard::check_unchanged`]) and, as `verify` asks, that their checksums
+    /// hold: `Shard` verifies each shard once, `Record` checks each record's CRC-32.
+    pub fn check_before_read(&self, indices: &[u64], verify: Verify) -> Result<()> {
+        let mut ks = indices
+            .iter()
+            .map(|&i| self.shard_of(i as usize))
+            .collect::<Result<Vec<_>>>()?;
+        ks.sort_unstable();
+        ks.dedup();
+        for &k in &ks {
+            let shard = &self.shards[k];
+            shard.check_unchanged()?;
+            if verify == Verify::Shard && !shard.verified.load(Ordering::Acquire) {
+                self.verify_shard(k)?;
+            }
+        }
+        if verify == Verify::Record {
+            indices
+                .iter()
+                .try_for_each(|&i| self.check_record(i as usize))?;
+        }
+        Ok(())
+    }
+
+    /// Check, after serving from the shards of `indices`, that none of them changed while the
+    /// records were copied (a rewrite in place would have given a torn batch).
+    pub fn check_after_read(&self, indices: &[u64]) -> Result<()> {
+        let mut ks = indices
+            .iter()
+            .map(|&i| self.shard_of(i as usize))
+            .collect::<Result<Vec<_>>>()?;
+        ks.sort_unstable();
+        ks.dedup();
+        ks.iter()
+            .try_for_each(|&k| self.shards[k].check_unchanged())
+    }
+
+    /// Check the CRC-32 of sample `i`'s stored bytes against its shard's table.
+    pub fn check_record(&self, i: usize) -> Result<()> {
+        let (shard, j) = self.locate(i)?;
+        if crc32fast::hash(shard.stored(j, self.record_bytes())) != table_u32(shard.crcs(), j) {
+            return Err(Error::Checksum {
+                file: shard.name.clone(),
+                msg: format!("record {j} (sample {i}) is damaged"),
+            });
         }
         Ok(())
     }
@@ -413,61 +595,33 @@ impl Dataset {
 
 fn read_manifest(path: &Path) -> Result<Manifest> {
     let name = path.display().to_string();
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    // The manifest may be a symlink (the shards may not), but it must lead to a regular file:
+    // opening a FIFO or a device would block or read forever.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::corrupt(&name, "manifest is not a regular file"));
+    }
+    let len = meta.len();
     if len > MAX_MANIFEST_BYTES {
         return Err(Error::corrupt(
             &name,
             format!("manifest is {len} bytes, over the {MAX_MANIFEST_BYTES}-byte limit"),
         ));
     }
-    let mut text = String::with_capacity(len as usize);
-    file.take(MAX_MANIFEST_BYTES)
-        .read_to_string(&mut text)
+    let mut text = Vec::with_capacity(len as usize);
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut text)
         .map_err(|e| Error::corrupt(&name, format!("cannot read manifest: {e}")))?;
-    let m: Manifest = serde_json::from_str(&text)
-        .map_err(|e| Error::corrupt(&name, format!("manifest is not valid: {e}")))?;
-    if m.format != MANIFEST_FORMAT {
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(Error::corrupt(
             &name,
-            format!("format is {:?}, expected \"vantix\"", m.format),
+            "manifest grew over the size limit while read",
         ));
     }
-    if m.version != FORMAT_VERSION {
-        return Err(Error::corrupt(
-            &name,
-            format!(
-                "format version {} is not supported (this reader knows {FORMAT_VERSION})",
-                m.version
-            ),
-        ));
-    }
-    if m.dtype != "uint8" || m.layout != "HWC" {
-        return Err(Error::corrupt(
-            &name,
-            "only uint8 HWC records are supported",
-        ));
-    }
-    if (m.channel_order.as_str(), m.geometry.channels) != ("RGB", 3) {
-        return Err(Error::corrupt(
-            &name,
-            format!(
-                "channel order {:?} with {} channels is not supported (RGB, 3)",
-                m.channel_order, m.geometry.channels
-            ),
-        ));
-    }
-    m.geometry.validate(&name)?;
-    if m.classes.len() > u32::MAX as usize {
-        return Err(Error::corrupt(&name, "too many classes"));
-    }
-    if let Codec::Zstd { level } = m.codec {
-        if !(-131072..=22).contains(&level) {
-            return Err(Error::corrupt(
-                &name,
-                format!("zstd level {level} is out of range"),
-            ));
-        }
-    }
-    Ok(m)
+    Manifest::parse(&text, &name)
 }

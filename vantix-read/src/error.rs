@@ -20,6 +20,12 @@ pub enum Error {
     /// A stored checksum does not match the data.
     #[error("{file}: checksum mismatch: {msg}")]
     Checksum { file: String, msg: String },
+    /// A file changed on disk while a dataset was open (it must not be modified in place).
+    #[error("{file}: {msg}")]
+    Changed { file: String, msg: String },
+    /// The work was interrupted (e.g. Ctrl-C) before it finished; nothing was left behind.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// The caller asked for something invalid (bad option, index out of range, ...).
     #[error("{0}")]
     Invalid(String),

@@ -148,6 +148,57 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Parse and check `manifest.json` bytes (`name` names the file in errors): the JSON must be
+    /// a version-1 manifest with in-range geometry and codec. Checks against the shard files are
+    /// `Dataset::open`'s.
+    pub fn parse(bytes: &[u8], name: &str) -> Result<Self> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(Error::corrupt(name, "manifest is over the size limit"));
+        }
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(name, format!("manifest is not valid: {e}")))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(Error::corrupt(
+                name,
+                format!("format is {:?}, expected \"vantix\"", m.format),
+            ));
+        }
+        if m.version != FORMAT_VERSION {
+            return Err(Error::corrupt(
+                name,
+                format!(
+                    "format version {} is not supported (this reader knows {FORMAT_VERSION})",
+                    m.version
+                ),
+            ));
+        }
+        if m.dtype != "uint8" || m.layout != "HWC" {
+            return Err(Error::corrupt(name, "only uint8 HWC records are supported"));
+        }
+        if (m.channel_order.as_str(), m.geometry.channels) != ("RGB", 3) {
+            return Err(Error::corrupt(
+                name,
+                format!(
+                    "channel order {:?} with {} channels is not supported (RGB, 3)",
+                    m.channel_order, m.geometry.channels
+                ),
+            ));
+        }
+        m.geometry.validate(name)?;
+        if m.classes.len() > u32::MAX as usize {
+            return Err(Error::corrupt(name, "too many classes"));
+        }
+        if let Codec::Zstd { level } = m.codec {
+            if !(-131072..=22).contains(&level) {
+                return Err(Error::corrupt(
+                    name,
+                    format!("zstd level {level} is out of range"),
+                ));
+            }
+        }
+        Ok(m)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("manifest serialises")
     }

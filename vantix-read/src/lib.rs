@@ -21,13 +21,16 @@ pub mod error;
 pub mod format;
 pub mod loader;
 pub mod sampler;
+#[doc(hidden)]
+pub mod testing;
 pub mod transform;
 
-pub use dataset::{Dataset, Shard};
+pub use dataset::{Dataset, Shard, Verify};
 pub use error::{Error, Result};
 pub use format::{Codec, Geometry, Manifest};
 pub use loader::{
-    Allocator, Batch, BufferPool, EpochIter, ExternalMemory, Loader, LoaderConfig, PooledBuffer,
+    Allocator, Batch, BufferPool, EpochIter, ExternalMemory, Loader, LoaderConfig, Next,
+    PooledBuffer,
 };
 pub use sampler::{train_val_split, Order, Sampler};
 pub use transform::{DType, Layout, Params, Transform};

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver};
 use rayon::prelude::*;
 
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Verify};
 use crate::error::{Error, Result};
 use crate::sampler::{Order, Sampler};
 use crate::transform::{DType, Params, Prepared, Transform};
@@ -41,6 +41,9 @@ pub struct LoaderConfig {
     /// Augmentation and output conversion applied while assembling (default: none, the packed
     /// uint8 NHWC records as they are).
     pub transform: Transform,
+    /// Checksums checked before a record is served (default: none; lengths are always
+    /// validated at open, and every batch checks that its shards did not change on disk).
+    pub verify: Verify,
 }
 
 impl Default for LoaderConfig {
@@ -57,6 +60,7 @@ impl Default for LoaderConfig {
             world_size: 1,
             drop_remainder: false,
             transform: Transform::default(),
+            verify: Verify::None,
         }
     }
 }
@@ -420,6 +424,7 @@ impl Loader {
             (seed, epoch),
             indices,
             out,
+            None,
         )
     }
 
@@ -436,6 +441,7 @@ impl Loader {
         let bs = self.config.batch_size;
         let transform = Arc::clone(&self.transform);
         let seed = self.config.seed;
+        let verify = self.config.verify;
         let stop2 = Arc::clone(&stop);
         // Block order is for data larger than RAM: ask the kernel to read ahead.
         let hint_ahead = matches!(self.config.order, Order::Block { .. });
@@ -451,10 +457,20 @@ impl Loader {
                         dataset.will_need(next); // start reading the next batch's blocks
                     }
                     let key = (seed, epoch);
-                    let res = buffers
-                        .get(indices.len() * transform.sample_bytes())
+                    let res = dataset
+                        .check_before_read(indices, verify)
+                        .and_then(|()| buffers.get(indices.len() * transform.sample_bytes()))
                         .and_then(|mut images| {
-                            assemble(&dataset, &threads, &transform, key, indices, &mut images)?;
+                            assemble(
+                                &dataset,
+                                &threads,
+                                &transform,
+                                key,
+                                indices,
+                                &mut images,
+                                Some(&stop2),
+                            )?;
+                            dataset.check_after_read(indices)?;
                             let labels = indices
                                 .iter()
                                 .map(|&i| dataset.label(i as usize).map(i64::from))
@@ -492,8 +508,16 @@ fn assemble(
     (seed, epoch): (u64, u64),
     indices: &[u64],
     out: &mut [u8],
+    stop: Option<&AtomicBool>,
 ) -> Result<()> {
     let sb = transform.sample_bytes();
+    // An abandoned iterator stops a batch in the middle: a big batch can take seconds.
+    let check_stop = || match stop {
+        Some(s) if s.load(Ordering::Relaxed) => Err(Error::Interrupted(
+            "the iterator was dropped while its batch was assembled".into(),
+        )),
+        _ => Ok(()),
+    };
     if out.len() != indices.len() * sb {
         return Err(Error::invalid("batch buffer has the wrong size"));
     }
@@ -505,9 +529,13 @@ fn assemble(
             .zip(indices.par_iter())
             .with_min_len(min_len);
         if transform.is_identity() {
-            slots.try_for_each(|(dst, &i)| dataset.read_into(i as usize, dst))
+            slots.try_for_each(|(dst, &i)| {
+                check_stop()?;
+                dataset.read_into(i as usize, dst)
+            })
         } else {
             slots.try_for_each(|(dst, &i)| {
+                check_stop()?;
                 let p = transform.params(seed, epoch, i);
                 dataset.with_record(i as usize, |src| transform.apply(src, &p, dst))?
             })
@@ -533,7 +561,31 @@ impl Iterator for EpochIter {
     }
 }
 
+/// What [`EpochIter::next_timeout`] found.
+pub enum Next {
+    Batch(Result<Batch>),
+    /// The epoch is over.
+    End,
+    /// No batch was ready within the timeout (the caller can check for Ctrl-C and wait again).
+    Waiting,
+}
+
 impl EpochIter {
+    /// The next batch, waiting at most `timeout` for it.
+    pub fn next_timeout(&mut self, timeout: std::time::Duration) -> Next {
+        let Some(rx) = self.rx.as_ref() else {
+            return Next::End;
+        };
+        match rx.recv_timeout(timeout) {
+            Ok(item) => Next::Batch(item),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Next::Waiting,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                self.finish();
+                Next::End
+            }
+        }
+    }
+
     fn finish(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.rx = None; // wakes a producer blocked on a full channel
