@@ -397,7 +397,7 @@ impl EpochIterator {
 
 /// Pack an ImageFolder (see `vantix.pack`). Returns a dict report.
 #[pyfunction]
-#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels))]
+#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -416,6 +416,7 @@ fn pack<'py>(
     overwrite: bool,
     progress: bool,
     max_pixels: u64,
+    exact_decode: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let mode = ResizeMode::parse(mode).ok_or_else(|| {
         VantixError::new_err(format!(
@@ -444,6 +445,7 @@ fn pack<'py>(
             interpolation,
             pad_color: [pad_color.0, pad_color.1, pad_color.2],
             max_pixels,
+            exact_decode,
         },
         codec,
         shard_size,

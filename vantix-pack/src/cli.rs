@@ -92,6 +92,11 @@ struct PackArgs {
     /// Largest accepted source image, in pixels (guards against decompression bombs).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
+    /// Decode every JPEG at full size. By default a large JPEG is decoded at 1/2, 1/4 or 1/8
+    /// scale in the DCT domain when that still leaves at least twice the resize target per axis
+    /// (much faster; pixels within the parity tolerance of a full-size decode + resize).
+    #[arg(long)]
+    exact_decode: bool,
     /// No progress bar and no summary.
     #[arg(short, long)]
     quiet: bool,
@@ -153,6 +158,7 @@ impl PackArgs {
                     .expect("validated by clap"),
                 pad_color: self.pad_color,
                 max_pixels: self.max_pixels,
+                exact_decode: self.exact_decode,
             },
             codec: if self.codec == "zstd" {
                 Codec::Zstd { level: self.level }

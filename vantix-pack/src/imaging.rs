@@ -100,6 +100,8 @@ pub struct ResizeSpec {
     pub pad_color: [u8; 3],
     /// Largest accepted `width * height` of a source image (decompression-bomb guard).
     pub max_pixels: u64,
+    /// Decode JPEGs at full size even when a DCT-scaled decode (1/2, 1/4, 1/8) would do.
+    pub exact_decode: bool,
 }
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS * 2`, the size at which Pillow refuses to open an image.
@@ -193,7 +195,19 @@ pub fn resize_rgb(
     src_h: u32,
     spec: &ResizeSpec,
 ) -> Result<Vec<u8>, String> {
-    let (nw, nh) = resized_size(src_w, src_h, spec);
+    resize_rgb_from(src, (src_w, src_h), (src_w, src_h), spec)
+}
+
+/// [`resize_rgb`] of an image decoded at a reduced scale: the resize geometry (torchvision's
+/// truncation rule, the crop offsets) comes from the `original` size of the file, so a DCT-scaled
+/// decode lands on exactly the same intermediate size as a full-size one.
+pub fn resize_rgb_from(
+    src: Vec<u8>,
+    (src_w, src_h): (u32, u32),
+    original: (u32, u32),
+    spec: &ResizeSpec,
+) -> Result<Vec<u8>, String> {
+    let (nw, nh) = resized_size(original.0, original.1, spec);
     let resized = resample(src, (src_w, src_h), (nw, nh), spec.interpolation)?;
     let (tw, th) = (spec.width, spec.height);
     if (nw, nh) == (tw, th) {
@@ -265,12 +279,86 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32), 
     Ok((rgb.into_raw(), w, h))
 }
 
+/// The largest JPEG DCT scale-down (8 = full size, 4 = 1/2, 2 = 1/4, 1 = 1/8, in eighths) whose
+/// output still has at least [`DCT_REDUCING_GAP`] times the resize target on both axes, so that
+/// the antialiased resize that follows still averages over several decoded pixels per output
+/// pixel (Pillow's `reducing_gap` rule for `draft` + `resize`). `None`: decode at full size.
+pub fn dct_scale(src_w: u32, src_h: u32, spec: &ResizeSpec) -> Option<u32> {
+    if spec.exact_decode || spec.interpolation == Interpolation::Nearest {
+        return None;
+    }
+    let (nw, nh) = resized_size(src_w, src_h, spec);
+    let scaled = |len: u32, eighths: u32| (len as u64 * eighths as u64).div_ceil(8);
+    [1u32, 2, 4].into_iter().find(|&e| {
+        scaled(src_w, e) >= DCT_REDUCING_GAP * nw as u64
+            && scaled(src_h, e) >= DCT_REDUCING_GAP * nh as u64
+    })
+}
+
+/// How many decoded pixels per output pixel (per axis) a DCT-scaled decode must keep at least.
+pub const DCT_REDUCING_GAP: u64 = 2;
+
+/// Decode a JPEG at `eighths`/8 of its size with the IDCT scaled (`jpeg-decoder`), to RGB.
+/// `None` when this path does not apply (not a JPEG it handles: 12-bit, CMYK, or a header it
+/// rejects); the caller then decodes at full size as usual, so nothing is lost.
+type Scaled = (Vec<u8>, (u32, u32), (u32, u32));
+
+fn decode_jpeg_scaled(bytes: &[u8], spec: &ResizeSpec) -> Option<Result<Scaled, String>> {
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return None;
+    }
+    let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    dec.read_info().ok()?;
+    let info = dec.info()?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    if w == 0 || h == 0 || w as u64 * h as u64 > spec.max_pixels {
+        return None; // the full-size path reports these with its own messages
+    }
+    let channels = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => 1,
+        jpeg_decoder::PixelFormat::RGB24 => 3,
+        _ => return None,
+    };
+    let eighths = dct_scale(w, h, spec)?;
+    let want = |len: u32| ((len as u64 * eighths as u64).div_ceil(8)) as u16;
+    let (sw, sh) = match dec.scale(want(w), want(h)) {
+        Ok((sw, sh)) if (sw, sh) == (want(w), want(h)) => (sw as u32, sh as u32),
+        _ => return None,
+    };
+    dec.set_max_decoding_buffer_size((spec.max_pixels as usize).saturating_mul(4));
+    let pixels = match dec.decode() {
+        Ok(p) => p,
+        Err(e) => return Some(Err(format!("JPEG: {e}"))),
+    };
+    if pixels.len() != sw as usize * sh as usize * channels {
+        return Some(Err(format!(
+            "JPEG: decoded {} bytes for a {sw}x{sh} image",
+            pixels.len()
+        )));
+    }
+    let rgb = if channels == 3 {
+        pixels
+    } else {
+        pixels.iter().flat_map(|&v| [v, v, v]).collect()
+    };
+    Some(Ok((rgb, (sw, sh), (w, h))))
+}
+
 /// Decode and resize one file's bytes into a packed record. A panic inside a decoder (they can
 /// panic on hostile input) is caught and reported as an error for this file only.
+///
+/// Large JPEGs are decoded at a reduced scale when [`dct_scale`] allows it; everything else
+/// (and any JPEG that path declines) is decoded at full size.
 pub fn process(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
     isolate(|| {
-        let (rgb, w, h) = decode_rgb(bytes, spec.max_pixels)?;
-        resize_rgb(rgb, w, h, spec)
+        let (rgb, size, original) = match decode_jpeg_scaled(bytes, spec) {
+            Some(decoded) => decoded?,
+            None => {
+                let (rgb, w, h) = decode_rgb(bytes, spec.max_pixels)?;
+                (rgb, (w, h), (w, h))
+            }
+        };
+        resize_rgb_from(rgb, size, original, spec)
     })
 }
 
@@ -301,6 +389,7 @@ mod tests {
             interpolation: Interpolation::Bilinear,
             pad_color: [1, 2, 3],
             max_pixels: DEFAULT_MAX_PIXELS,
+            exact_decode: false,
         }
     }
 
