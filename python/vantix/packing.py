@@ -58,6 +58,7 @@ def pack(
     progress: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     exact_decode: bool = False,
+    filter: str = "paeth",
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
@@ -76,6 +77,9 @@ def pack(
         pad_color: RGB fill for ``mode="pad"``.
         codec: ``"raw"`` (fastest reads) or ``"zstd"`` (smaller, compressed with ``level``).
         level: zstd level, 1-22.
+        filter: with ``codec="zstd"``, the prediction filter applied to each record before
+            compression and undone when reading: ``"paeth"`` (default), ``"avg"``, ``"up"``,
+            ``"left"`` or ``"none"`` (PNG's filter types).
         shard_size: target bytes per shard file, an int or a string like ``"512M"``.
         num_threads: worker threads (default: all cores).
         strict: raise on the first unreadable file instead of skipping and reporting it.
@@ -114,6 +118,7 @@ def pack(
         progress,
         max_pixels,
         exact_decode=exact_decode,
+        filter=filter,
     )
     return PackReport(
         path=os.fspath(r["path"]),

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use vantix_read::{Codec, Dataset};
+use vantix_read::{Codec, Dataset, Filter};
 
 use crate::imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
 use crate::inspect::{human_bytes, summarize};
@@ -77,6 +77,10 @@ struct PackArgs {
     /// zstd compression level (1-22), with --codec zstd.
     #[arg(long, default_value_t = 3)]
     level: i32,
+    /// Prediction filter applied to each record before zstd (PNG's filter types), undone by
+    /// the reader: photographs compress about twice as well after it. With --codec zstd.
+    #[arg(long, default_value = "paeth", value_parser = ["none", "left", "up", "avg", "paeth"])]
+    filter: String,
     /// Target size of a shard file, e.g. 512M, 1G or a byte count.
     #[arg(long, default_value = "512M", value_parser = parse_bytes)]
     shard_size: u64,
@@ -161,7 +165,10 @@ impl PackArgs {
                 exact_decode: self.exact_decode,
             },
             codec: if self.codec == "zstd" {
-                Codec::Zstd { level: self.level }
+                Codec::Zstd {
+                    level: self.level,
+                    filter: Filter::parse(&self.filter).expect("validated by clap"),
+                }
             } else {
                 Codec::Raw
             },

@@ -12,7 +12,7 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 use crate::format::{
     table_u32, table_u64, Codec, Geometry, Manifest, ShardHeader, FORMAT_VERSION, MANIFEST_FORMAT,
-    MANIFEST_NAME, MAX_MANIFEST_BYTES,
+    MANIFEST_NAME, MAX_MANIFEST_BYTES, MIN_FORMAT_VERSION,
 };
 
 /// One memory-mapped, validated shard.
@@ -158,8 +158,22 @@ impl Dataset {
                     "image geometry differs from the manifest",
                 ));
             }
-            if header.codec_id != manifest.codec.id() {
-                return Err(Error::corrupt(&sname, "codec differs from the manifest"));
+            if header.version != manifest.version {
+                return Err(Error::corrupt(
+                    &sname,
+                    format!(
+                        "shard version {} differs from the manifest's {}",
+                        header.version, manifest.version
+                    ),
+                ));
+            }
+            if header.codec_id != manifest.codec.id()
+                || header.filter_id != manifest.codec.filter().id()
+            {
+                return Err(Error::corrupt(
+                    &sname,
+                    "codec or filter differs from the manifest",
+                ));
             }
             if header.num_records != info.num_records {
                 return Err(Error::corrupt(
@@ -328,6 +342,12 @@ impl Dataset {
                         format!("record {j}: decompressed to {n} bytes, expected {rb}"),
                     ));
                 }
+                let filter = self.manifest.codec.filter();
+                if !filter.is_none() {
+                    let g = self.manifest.geometry;
+                    let bpp = g.channels as usize;
+                    crate::filter::undo(filter, dst, g.width as usize * bpp, bpp);
+                }
             }
         }
         Ok(())
@@ -433,11 +453,22 @@ fn read_manifest(path: &Path) -> Result<Manifest> {
             format!("format is {:?}, expected \"vantix\"", m.format),
         ));
     }
-    if m.version != FORMAT_VERSION {
+    if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&m.version) {
         return Err(Error::corrupt(
             &name,
             format!(
-                "format version {} is not supported (this reader knows {FORMAT_VERSION})",
+                "format version {} is not supported (this reader knows {MIN_FORMAT_VERSION} to {FORMAT_VERSION})",
+                m.version
+            ),
+        ));
+    }
+    if m.version < m.codec.format_version() {
+        return Err(Error::corrupt(
+            &name,
+            format!(
+                "codec {:?} needs format version {}, the manifest says {}",
+                m.codec.filter().name(),
+                m.codec.format_version(),
                 m.version
             ),
         ));
@@ -461,7 +492,7 @@ fn read_manifest(path: &Path) -> Result<Manifest> {
     if m.classes.len() > u32::MAX as usize {
         return Err(Error::corrupt(&name, "too many classes"));
     }
-    if let Codec::Zstd { level } = m.codec {
+    if let Codec::Zstd { level, .. } = m.codec {
         if !(-131072..=22).contains(&level) {
             return Err(Error::corrupt(
                 &name,
