@@ -308,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         report["profiles"][profile] = run_profile(profile, counts[profile], args)
     n = counts.get("imagenet-std", sizes["imagenet-std"])
     print("\nmemory:")
-    report["memory"] = memory_scaling(sorted({max(1, n // 4), n}), args)
+    report["memory"] = memory_scaling(sorted({max(1, n // 2), n}), args)
     write_report(args.out, report)
     return report
 

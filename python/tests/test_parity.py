@@ -558,10 +558,11 @@ def test_thread_count_changes_no_byte(parity_many_small, tmp_path, codec):
 # 5. large JPEGs: DCT-scaled decoding (the default) against Pillow's full-size resize
 # --------------------------------------------------------------------------------------
 
-#: (name, (width, height), Pillow mode): a photo and a radiograph-like grey image, large
-#: enough that a 224 target lets the packer decode at 1/4 scale, and one where only 1/2 fits.
+#: (name, (width, height), Pillow mode): colour photos that a 224 centre crop lets the packer
+#: decode at 1/4 and 1/2 scale, and a radiograph-like grey image (decoded at full size: for
+#: grey JPEGs the scaled decoder is no faster).
 LARGE_JPEGS = [
-    ("photo", (2048, 1536), "RGB"),
+    ("photo", (2048, 2048), "RGB"),
     ("grey", (1600, 2048), "L"),
     ("half", (1200, 900), "RGB"),
 ]

@@ -497,6 +497,46 @@ mod tests {
     }
 
     #[test]
+    fn dct_scale_keeps_twice_the_resize_target() {
+        let s = spec(224, 224, ResizeMode::CenterCrop);
+        // 2048x1536 -> 298x224: 1/4 gives 512x384 (>= 596x448? no: 512 < 596), so 1/2.
+        assert_eq!(dct_scale(2048, 1536, &s), Some(4));
+        // 2048x2048 -> 224x224: 1/4 gives 512x512 >= 448x448.
+        assert_eq!(dct_scale(2048, 2048, &s), Some(2));
+        // 4000x4000: 1/8 gives 500x500 >= 448x448.
+        assert_eq!(dct_scale(4000, 4000, &s), Some(1));
+        // ImageNet-sized sources are decoded at full size.
+        assert_eq!(dct_scale(500, 375, &s), None);
+        let exact = ResizeSpec {
+            exact_decode: true,
+            ..s
+        };
+        assert_eq!(dct_scale(4000, 4000, &exact), None);
+        let nearest = ResizeSpec {
+            interpolation: Interpolation::Nearest,
+            ..s
+        };
+        assert_eq!(dct_scale(4000, 4000, &nearest), None);
+    }
+
+    #[test]
+    fn grey_resized_as_one_channel_equals_rgb_resize() {
+        let grey: Vec<u8> = (0..40 * 30).map(|i| ((i * 37) % 251) as u8).collect();
+        let rgb = grey_to_rgb(&grey);
+        let s = spec(12, 10, ResizeMode::CenterCrop);
+        let px = Pixels {
+            data: grey,
+            width: 40,
+            height: 30,
+            channels: 1,
+        };
+        assert_eq!(
+            resize_pixels(px, (40, 30), &s).unwrap(),
+            resize_rgb(rgb, 40, 30, &s).unwrap()
+        );
+    }
+
+    #[test]
     fn pad_fills_borders() {
         let src = vec![200u8; 4 * 2 * 3];
         let out = resize_rgb(src, 4, 2, &spec(4, 4, ResizeMode::Pad)).unwrap();
