@@ -370,13 +370,13 @@ pub fn dct_scale(src_w: u32, src_h: u32, spec: &ResizeSpec) -> Option<u32> {
 /// How many decoded pixels per output pixel (per axis) a DCT-scaled decode must keep at least.
 pub const DCT_REDUCING_GAP: u64 = 2;
 
+/// Pixels decoded at a reduced scale, and the full size of the file they came from.
+type ScaledJpeg = (Pixels, (u32, u32));
+
 /// Decode a JPEG at `eighths`/8 of its size with the IDCT scaled (`jpeg-decoder`), to RGB.
 /// `None` when this path does not apply (not a JPEG it handles: 12-bit, CMYK, or a header it
 /// rejects); the caller then decodes at full size as usual, so nothing is lost.
-fn decode_jpeg_scaled(
-    bytes: &[u8],
-    spec: &ResizeSpec,
-) -> Option<Result<(Pixels, (u32, u32)), String>> {
+fn decode_jpeg_scaled(bytes: &[u8], spec: &ResizeSpec) -> Option<Result<ScaledJpeg, String>> {
     if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return None;
     }

@@ -39,7 +39,7 @@ fn predict(filter: Filter, a: u8, b: u8, c: u8) -> u8 {
 /// Filter `src` (an image of rows of `row` bytes, `bpp` bytes per pixel) into `dst`.
 pub fn apply(filter: Filter, src: &[u8], dst: &mut [u8], row: usize, bpp: usize) {
     assert_eq!(src.len(), dst.len());
-    assert!(row > 0 && bpp > 0 && src.len() % row == 0 && row % bpp == 0);
+    assert!(row > 0 && bpp > 0 && src.len().is_multiple_of(row) && row.is_multiple_of(bpp));
     if filter == Filter::None {
         dst.copy_from_slice(src);
         return;
@@ -63,7 +63,7 @@ pub fn apply(filter: Filter, src: &[u8], dst: &mut [u8], row: usize, bpp: usize)
 
 /// Undo [`apply`] in place.
 pub fn undo(filter: Filter, buf: &mut [u8], row: usize, bpp: usize) {
-    assert!(row > 0 && bpp > 0 && buf.len() % row == 0 && row % bpp == 0);
+    assert!(row > 0 && bpp > 0 && buf.len().is_multiple_of(row) && row.is_multiple_of(bpp));
     let rows = buf.len() / row;
     match filter {
         Filter::None => {}
