@@ -58,7 +58,7 @@ def pack(
     progress: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     exact_decode: bool = False,
-    filter: str = "paeth",
+    filter: str = "up",
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
@@ -78,7 +78,7 @@ def pack(
         codec: ``"raw"`` (fastest reads) or ``"zstd"`` (smaller, compressed with ``level``).
         level: zstd level, 1-22.
         filter: with ``codec="zstd"``, the prediction filter applied to each record before
-            compression and undone when reading: ``"paeth"`` (default), ``"avg"``, ``"up"``,
+            compression and undone when reading: ``"up"`` (default), ``"paeth"``, ``"avg"``,
             ``"left"`` or ``"none"`` (PNG's filter types).
         shard_size: target bytes per shard file, an int or a string like ``"512M"``.
         num_threads: worker threads (default: all cores).

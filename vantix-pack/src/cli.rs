@@ -79,7 +79,7 @@ struct PackArgs {
     level: i32,
     /// Prediction filter applied to each record before zstd (PNG's filter types), undone by
     /// the reader: photographs compress about twice as well after it. With --codec zstd.
-    #[arg(long, default_value = "paeth", value_parser = ["none", "left", "up", "avg", "paeth"])]
+    #[arg(long, default_value = "up", value_parser = ["none", "left", "up", "avg", "paeth"])]
     filter: String,
     /// Target size of a shard file, e.g. 512M, 1G or a byte count.
     #[arg(long, default_value = "512M", value_parser = parse_bytes)]
