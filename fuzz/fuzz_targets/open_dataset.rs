@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use vantix_read::testing::{exercise_files, mutate, tiny_dataset, TinyDataset};
-use vantix_read::Codec;
+use vantix_read::{Codec, Filter};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
             .or_else(|_| tempfile::tempdir())
             .expect("scratch directory"),
         raw: tiny_dataset(Codec::Raw),
-        zstd: tiny_dataset(Codec::Zstd { level: 3 }),
+        zstd: tiny_dataset(Codec::Zstd {
+            level: 3,
+            filter: Filter::Paeth,
+        }),
     });
     let Some((&codec, ops)) = data.split_first() else {
         return;

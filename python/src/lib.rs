@@ -464,7 +464,7 @@ impl EpochIterator {
 
 /// Pack an ImageFolder (see `vantix.pack`). Returns a dict report.
 #[pyfunction]
-#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels))]
+#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up"))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -483,7 +483,14 @@ fn pack<'py>(
     overwrite: bool,
     progress: bool,
     max_pixels: u64,
+    exact_decode: bool,
+    filter: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let filter = vantix_read::Filter::parse(filter).ok_or_else(|| {
+        VantixError::new_err(format!(
+            "filter must be 'none', 'left', 'up', 'avg' or 'paeth', got {filter:?}"
+        ))
+    })?;
     let mode = ResizeMode::parse(mode).ok_or_else(|| {
         VantixError::new_err(format!(
             "mode must be 'center-crop', 'squash' or 'pad', got {mode:?}"
@@ -496,7 +503,7 @@ fn pack<'py>(
     })?;
     let codec = match codec {
         "raw" => Codec::Raw,
-        "zstd" => Codec::Zstd { level },
+        "zstd" => Codec::Zstd { level, filter },
         other => {
             return Err(VantixError::new_err(format!(
                 "codec must be 'raw' or 'zstd', got {other:?}"
@@ -511,6 +518,7 @@ fn pack<'py>(
             interpolation,
             pad_color: [pad_color.0, pad_color.1, pad_color.2],
             max_pixels,
+            exact_decode,
         },
         codec,
         shard_size,

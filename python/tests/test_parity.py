@@ -31,7 +31,7 @@ from torchvision.transforms import InterpolationMode
 import vantix
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from prepare_data import photo_like  # noqa: E402
+from prepare_data import medical_like, photo_like  # noqa: E402
 
 #: The issue's bound for lossy sources: mean absolute difference per channel, in levels.
 MEAN_TOLERANCE = 1.5
@@ -552,3 +552,67 @@ def test_thread_count_changes_no_byte(parity_many_small, tmp_path, codec):
     assert files[1] == files[2]
     for name in files[1]:
         assert (outs[1] / name).read_bytes() == (outs[2] / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------------------
+# 5. large JPEGs: DCT-scaled decoding (the default) against Pillow's full-size resize
+# --------------------------------------------------------------------------------------
+
+#: (name, (width, height), Pillow mode): colour photos that a 224 centre crop lets the packer
+#: decode at 1/4 and 1/2 scale, and a radiograph-like grey image (decoded at full size: for
+#: grey JPEGs the scaled decoder is no faster).
+LARGE_JPEGS = [
+    ("photo", (2048, 2048), "RGB"),
+    ("grey", (1600, 2048), "L"),
+    ("half", (1200, 900), "RGB"),
+]
+
+
+@pytest.fixture(scope="module")
+def parity_large_jpegs(tmp_path_factory):
+    """Large JPEGs (q95 and q90, 4:2:0 chroma) in one class folder."""
+    root = tmp_path_factory.mktemp("large") / "src"
+    (root / "big").mkdir(parents=True)
+    for i, (name, (w, h), mode) in enumerate(LARGE_JPEGS):
+        if mode == "L":
+            img = Image.fromarray(medical_like(np.random.default_rng(400 + i), w, h), "L")
+        else:
+            img = Image.fromarray(parity_photo(400 + i, w, h))
+        img.save(root / "big" / f"{name}.jpg", quality=95 if mode == "L" else 90)
+    return root
+
+
+@pytest.mark.parametrize("interp", ["bilinear", "bicubic", "lanczos"])
+def test_dct_scaled_jpeg_matches_full_size_resize(parity_large_jpegs, tmp_path, interp):
+    """Decoding at 1/2 or 1/4 scale in the DCT domain, then the antialiased resize, stays
+    within the parity bound of Pillow decoding at full size and resizing (torchvision's
+    ``Resize(224)`` + ``CenterCrop(224)``), and close to Vantix's own full-size decode
+    (``exact_decode=True``). The scaled path must really be taken for colour JPEGs (its
+    pixels differ from the exact ones somewhere) and not for grey ones."""
+    root = parity_large_jpegs
+    packs = {}
+    for exact in (False, True):
+        out = tmp_path / f"exact{exact}.vtx"
+        vantix.pack(root, out, size=224, interpolation=interp, exact_decode=exact)
+        packs[exact] = parity_records(out)
+    report, failures = [], []
+    for rel, got in packs[False].items():
+        with Image.open(root / rel) as im:
+            ref = parity_reference(im.convert("RGB"), (224, 224), "center-crop", interp)
+        mean, worst = parity_diff(got, ref)
+        exact_mean, _ = parity_diff(packs[True][rel], ref)
+        vs_exact, _ = parity_diff(got, packs[True][rel])
+        shifted, _ = parity_diff(got[1:, 1:], ref[:-1, :-1])
+        report.append(
+            f"{rel}: scaled vs Pillow mean {mean:.3f} max {worst}; exact vs Pillow "
+            f"{exact_mean:.3f}; scaled vs exact {vs_exact:.3f}; 1-px shift {shifted:.1f}"
+        )
+        if mean > MEAN_TOLERANCE or exact_mean > MEAN_TOLERANCE:
+            failures.append(report[-1])
+        # Colour JPEGs take the scaled path; grey ones are decoded at full size (faster there).
+        scaled = vs_exact > 0
+        assert scaled == (rel != "big/grey.jpg"), f"scaled path taken: {scaled}: {report[-1]}"
+        assert shifted > 1.5 * MEAN_TOLERANCE, f"the bound cannot see a shift: {report[-1]}"
+    details = "\n  ".join(report)
+    assert not failures, f"{interp}:\n  {details}"
+    print(f"{interp}:\n  {details}")

@@ -212,6 +212,14 @@ def many_images(tmp_path_factory):
     return write_image_folder(root, 600, size=(48, 48), num_classes=4, seed=3)
 
 
+@pytest.fixture(scope="module")
+def slow_images(tmp_path_factory):
+    """400 larger PNGs: one-thread packing takes seconds, so a signal sent once packing has
+    begun always lands before it ends, even on a loaded machine."""
+    root = tmp_path_factory.mktemp("slow") / "train"
+    return write_image_folder(root, 400, size=(256, 192), num_classes=4, seed=5)
+
+
 def _partials(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
@@ -286,10 +294,10 @@ print("finished")
 """
 
 
-def test_ctrl_c_interrupts_vantix_pack(many_images, tmp_path):
+def test_ctrl_c_interrupts_vantix_pack(slow_images, tmp_path):
     out = tmp_path / "out.vtx"
     proc = subprocess.Popen(
-        [sys.executable, "-c", _PACK_SCRIPT, str(many_images), str(out)],
+        [sys.executable, "-c", _PACK_SCRIPT, str(slow_images), str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -146,6 +146,8 @@ def pack(
     overwrite: bool,
     progress: bool,
     max_pixels: int,
+    exact_decode: bool = False,
+    filter: str = "up",
 ) -> dict[str, Any]: ...
 def cli_main(argv: Sequence[str]) -> int: ...
 def train_val_split(

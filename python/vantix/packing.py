@@ -67,6 +67,8 @@ def pack(
     overwrite: bool = False,
     progress: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    exact_decode: bool = False,
+    filter: str = "up",
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
@@ -85,12 +87,18 @@ def pack(
         pad_color: RGB fill for ``mode="pad"``.
         codec: ``"raw"`` (fastest reads) or ``"zstd"`` (smaller, compressed with ``level``).
         level: zstd level, 1-22.
+        filter: with ``codec="zstd"``, the prediction filter applied to each record before
+            compression and undone when reading: ``"up"`` (default), ``"paeth"``, ``"avg"``,
+            ``"left"`` or ``"none"`` (PNG's filter types).
         shard_size: target bytes per shard file, an int or a string like ``"512M"``.
         num_threads: worker threads (default: all cores).
         strict: raise on the first unreadable file instead of skipping and reporting it.
         overwrite: replace ``dst`` if it exists.
         progress: draw a progress bar on stderr (when it is a terminal).
         max_pixels: largest accepted source image in pixels (decompression-bomb guard).
+        exact_decode: decode every JPEG at full size. By default a large JPEG is decoded at
+            1/2, 1/4 or 1/8 scale in the DCT domain when that keeps at least twice the resize
+            target per axis: much faster, pixels within the parity tolerance of a full decode.
 
     Returns:
         A :class:`PackReport`. Skipped files are also printed to stderr and listed in the
@@ -122,6 +130,8 @@ def pack(
         overwrite,
         progress,
         max_pixels,
+        exact_decode=exact_decode,
+        filter=filter,
     )
     return PackReport(
         path=os.fspath(r["path"]),

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use vantix_pack::writer::ShardWriter;
-use vantix_read::format::{Codec, Geometry, Manifest, PackSettings, FORMAT_VERSION};
+use vantix_read::format::{Codec, Geometry, Manifest, PackSettings};
 use vantix_read::Dataset;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shards = w.finish()?;
     let manifest = Manifest {
         format: "vantix".into(),
-        version: FORMAT_VERSION,
+        version: Codec::Raw.format_version(),
         geometry,
         dtype: "uint8".into(),
         layout: "HWC".into(),

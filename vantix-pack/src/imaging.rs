@@ -101,6 +101,8 @@ pub struct ResizeSpec {
     pub pad_color: [u8; 3],
     /// Largest accepted `width * height` of a source image (decompression-bomb guard).
     pub max_pixels: u64,
+    /// Decode JPEGs at full size even when a DCT-scaled decode (1/2, 1/4, 1/8) would do.
+    pub exact_decode: bool,
 }
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS * 2`, the size at which Pillow refuses to open an image.
@@ -132,16 +134,27 @@ thread_local! {
     static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
 }
 
-/// One resize of an RGB image with `fast_image_resize`.
+fn pixel_type(channels: usize) -> Result<PixelType, String> {
+    match channels {
+        1 => Ok(PixelType::U8),
+        3 => Ok(PixelType::U8x3),
+        4 => Ok(PixelType::U8x4),
+        c => Err(format!("cannot resize an image with {c} channels")),
+    }
+}
+
+/// One resize of an 8-bit image with `fast_image_resize` (1, 3 or 4 interleaved channels;
+/// 4 channels are resized with premultiplied alpha, as Pillow resizes RGBA).
 fn resize_once(
     src: Vec<u8>,
     (src_w, src_h): (u32, u32),
     (dst_w, dst_h): (u32, u32),
+    channels: usize,
     interpolation: Interpolation,
 ) -> Result<Vec<u8>, String> {
-    let src_img =
-        Image::from_vec_u8(src_w, src_h, src, PixelType::U8x3).map_err(|e| e.to_string())?;
-    let mut dst = Image::new(dst_w, dst_h, PixelType::U8x3);
+    let pt = pixel_type(channels)?;
+    let src_img = Image::from_vec_u8(src_w, src_h, src, pt).map_err(|e| e.to_string())?;
+    let mut dst = Image::new(dst_w, dst_h, pt);
     let opts = ResizeOptions::new().resize_alg(interpolation.alg());
     RESIZER
         .with(|r| r.borrow_mut().resize(&src_img, &mut dst, &opts))
@@ -149,7 +162,7 @@ fn resize_once(
     Ok(dst.into_vec())
 }
 
-/// Resize an RGB image from `src_size` to `dst_size` as Pillow's `Image.resize` does.
+/// Resize an image from `src_size` to `dst_size` as Pillow's `Image.resize` does.
 ///
 /// A convolution resize is two one-axis passes, and the intermediate image is rounded (and
 /// clipped) to 8 bits, so the order of the passes changes the result: by ~0.2 levels on average
@@ -167,6 +180,7 @@ fn resample(
     src: Vec<u8>,
     src_size: (u32, u32),
     dst_size: (u32, u32),
+    channels: usize,
     interpolation: Interpolation,
 ) -> Result<Vec<u8>, String> {
     let ((src_w, src_h), (dst_w, dst_h)) = (src_size, dst_size);
@@ -174,17 +188,31 @@ fn resample(
         return Ok(src);
     }
     if interpolation == Interpolation::Nearest || src_w == dst_w || src_h == dst_h {
-        return resize_once(src, src_size, dst_size, interpolation);
+        return resize_once(src, src_size, dst_size, channels, interpolation);
     }
     let height_shrink = src_h as i64 - dst_h as i64;
     let width_shrink = src_w as i64 - dst_w as i64;
-    if height_shrink > 0 && height_shrink > 2 * width_shrink {
-        let vertical = resize_once(src, src_size, (src_w, dst_h), interpolation)?;
-        resize_once(vertical, (src_w, dst_h), dst_size, interpolation)
+    let mid = if height_shrink > 0 && height_shrink > 2 * width_shrink {
+        (src_w, dst_h)
     } else {
-        let horizontal = resize_once(src, src_size, (dst_w, src_h), interpolation)?;
-        resize_once(horizontal, (dst_w, src_h), dst_size, interpolation)
-    }
+        (dst_w, src_h)
+    };
+    let first = resize_once(src, src_size, mid, channels, interpolation)?;
+    resize_once(first, mid, dst_size, channels, interpolation)
+}
+
+/// Decoded pixels: 8-bit, interleaved, `channels` per pixel (1 grey, 3 RGB, 4 RGBA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pixels {
+    pub data: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub channels: usize,
+}
+
+/// Grey to RGB, as Pillow's `convert("RGB")` of an `L` image: the value is replicated.
+fn grey_to_rgb(grey: &[u8]) -> Vec<u8> {
+    grey.iter().flat_map(|&v| [v, v, v]).collect()
 }
 
 /// Resize an RGB image to `spec` (HWC uint8, `width * height * 3` bytes).
@@ -194,8 +222,40 @@ pub fn resize_rgb(
     src_h: u32,
     spec: &ResizeSpec,
 ) -> Result<Vec<u8>, String> {
-    let (nw, nh) = resized_size(src_w, src_h, spec);
-    let resized = resample(src, (src_w, src_h), (nw, nh), spec.interpolation)?;
+    let px = Pixels {
+        data: src,
+        width: src_w,
+        height: src_h,
+        channels: 3,
+    };
+    resize_pixels(px, (src_w, src_h), spec)
+}
+
+/// Bring decoded pixels to the packed `spec` geometry as RGB (HWC uint8, `W * H * 3` bytes).
+///
+/// The resize geometry (torchvision's truncation rule, the crop offsets) comes from the
+/// `original` size of the file, so an image decoded at a reduced DCT scale lands on exactly the
+/// same intermediate size as a full-size decode. A grey image is resized as one channel and
+/// replicated afterwards: the same pixels as replicating first (channels are resized
+/// independently), at a third of the cost.
+pub fn resize_pixels(
+    px: Pixels,
+    original: (u32, u32),
+    spec: &ResizeSpec,
+) -> Result<Vec<u8>, String> {
+    let (nw, nh) = resized_size(original.0, original.1, spec);
+    let resized = resample(
+        px.data,
+        (px.width, px.height),
+        (nw, nh),
+        px.channels,
+        spec.interpolation,
+    )?;
+    let resized = match px.channels {
+        3 => resized,
+        1 => grey_to_rgb(&resized),
+        c => return Err(format!("cannot pack an image with {c} channels as RGB")),
+    };
     let (tw, th) = (spec.width, spec.height);
     if (nw, nh) == (tw, th) {
         return Ok(resized);
@@ -237,6 +297,18 @@ pub fn resize_rgb(
 /// `convert("RGB")`: grey is replicated, alpha is dropped (not composited), palettes are
 /// expanded, CMYK is converted, 16-bit is scaled.
 pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32), String> {
+    let px = decode(bytes, max_pixels)?;
+    let data = match px.channels {
+        1 => grey_to_rgb(&px.data),
+        _ => px.data,
+    };
+    Ok((data, px.width, px.height))
+}
+
+/// Decode an encoded image (format from its content) to 8-bit grey or RGB [`Pixels`]: grey
+/// (with or without alpha, 8 or 16 bits) stays one channel, everything else is converted to
+/// RGB as Pillow's `convert("RGB")` does.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Pixels, String> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
@@ -258,20 +330,121 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32), 
     limits.max_alloc = Some((max_pixels * 16).max(512 << 20));
     decoder.set_limits(limits).map_err(|e| e.to_string())?;
     let img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
-    let rgb = match img {
-        DynamicImage::ImageRgb8(i) => i,
-        other => other.to_rgb8(),
+    Ok(to_pixels(img))
+}
+
+/// 8-bit grey (alpha dropped) or RGB, as `convert("RGB")` sees it before replicating grey.
+fn to_pixels(img: DynamicImage) -> Pixels {
+    let (width, height) = (img.width(), img.height());
+    let (data, channels) = match img {
+        DynamicImage::ImageRgb8(i) => (i.into_raw(), 3),
+        DynamicImage::ImageLuma8(i) => (i.into_raw(), 1),
+        g @ (DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageLuma16(_)
+        | DynamicImage::ImageLumaA16(_)) => (g.to_luma8().into_raw(), 1),
+        other => (other.to_rgb8().into_raw(), 3),
     };
-    let (w, h) = rgb.dimensions();
-    Ok((rgb.into_raw(), w, h))
+    Pixels {
+        data,
+        width,
+        height,
+        channels,
+    }
+}
+
+/// The largest JPEG DCT scale-down (8 = full size, 4 = 1/2, 2 = 1/4, 1 = 1/8, in eighths) whose
+/// output still has at least [`DCT_REDUCING_GAP`] times the resize target on both axes, so that
+/// the antialiased resize that follows still averages over several decoded pixels per output
+/// pixel (Pillow's `reducing_gap` rule for `draft` + `resize`), and that divides both sides
+/// exactly. `None`: decode at full size.
+pub fn dct_scale(src_w: u32, src_h: u32, spec: &ResizeSpec) -> Option<u32> {
+    if spec.exact_decode || spec.interpolation == Interpolation::Nearest {
+        return None;
+    }
+    let (nw, nh) = resized_size(src_w, src_h, spec);
+    let scaled = |len: u32, eighths: u32| (len as u64 * eighths as u64).div_ceil(8);
+    // Only scales that divide both sides exactly: jpeg-decoder rounds a partial block up
+    // (300 px at 1/8 gives 38 rows for 37.5), which would shift the resize's sampling grid.
+    let exact = |len: u32, eighths: u32| (len as u64 * eighths as u64).is_multiple_of(8);
+    [1u32, 2, 4].into_iter().find(|&e| {
+        exact(src_w, e)
+            && exact(src_h, e)
+            && scaled(src_w, e) >= DCT_REDUCING_GAP * nw as u64
+            && scaled(src_h, e) >= DCT_REDUCING_GAP * nh as u64
+    })
+}
+
+/// How many decoded pixels per output pixel (per axis) a DCT-scaled decode must keep at least.
+pub const DCT_REDUCING_GAP: u64 = 2;
+
+/// Pixels decoded at a reduced scale, and the full size of the file they came from.
+type ScaledJpeg = (Pixels, (u32, u32));
+
+/// Decode a JPEG at `eighths`/8 of its size with the IDCT scaled (`jpeg-decoder`), to RGB.
+/// `None` when this path does not apply (not a JPEG it handles: 12-bit, CMYK, or a header it
+/// rejects); the caller then decodes at full size as usual, so nothing is lost.
+fn decode_jpeg_scaled(bytes: &[u8], spec: &ResizeSpec) -> Option<Result<ScaledJpeg, String>> {
+    if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return None;
+    }
+    let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    dec.read_info().ok()?;
+    let info = dec.info()?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    if w == 0 || h == 0 || w as u64 * h as u64 > spec.max_pixels {
+        return None; // the full-size path reports these with its own messages
+    }
+    // Colour only: for a grey JPEG, Huffman decoding dominates and `jpeg-decoder`'s is slower
+    // than zune-jpeg's, so a scaled decode saves nothing there (measured with the
+    // `decode_speed` example: 2048x2048 q95 grey, 39 ms scaled against 38 ms full-size + a
+    // one-channel resize), while a colour JPEG also skips full-size chroma upsampling and
+    // colour conversion (2048x1536 q90: 20-34 ms against 44 ms).
+    let channels = match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => 3,
+        _ => return None,
+    };
+    let eighths = dct_scale(w, h, spec)?;
+    let want = |len: u32| ((len as u64 * eighths as u64).div_ceil(8)) as u16;
+    let (sw, sh) = match dec.scale(want(w), want(h)) {
+        Ok((sw, sh)) if (sw, sh) == (want(w), want(h)) => (sw as u32, sh as u32),
+        _ => return None,
+    };
+    dec.set_max_decoding_buffer_size((spec.max_pixels as usize).saturating_mul(4));
+    let pixels = match dec.decode() {
+        Ok(p) => p,
+        Err(e) => return Some(Err(format!("JPEG: {e}"))),
+    };
+    if pixels.len() != sw as usize * sh as usize * channels {
+        return Some(Err(format!(
+            "JPEG: decoded {} bytes for a {sw}x{sh} image",
+            pixels.len()
+        )));
+    }
+    let px = Pixels {
+        data: pixels,
+        width: sw,
+        height: sh,
+        channels,
+    };
+    Some(Ok((px, (w, h))))
 }
 
 /// Decode and resize one file's bytes into a packed record. A panic inside a decoder (they can
 /// panic on hostile input) is caught and reported as an error for this file only.
+///
+/// Large JPEGs are decoded at a reduced scale when [`dct_scale`] allows it; everything else
+/// (and any JPEG that path declines) is decoded at full size.
 pub fn process(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
     isolate(|| {
-        let (rgb, w, h) = decode_rgb(bytes, spec.max_pixels)?;
-        resize_rgb(rgb, w, h, spec)
+        let (px, original) = match decode_jpeg_scaled(bytes, spec) {
+            Some(decoded) => decoded?,
+            None => {
+                let px = decode(bytes, spec.max_pixels)?;
+                let size = (px.width, px.height);
+                (px, size)
+            }
+        };
+        resize_pixels(px, original, spec)
     })
 }
 
@@ -337,6 +510,7 @@ mod tests {
             interpolation: Interpolation::Bilinear,
             pad_color: [1, 2, 3],
             max_pixels: DEFAULT_MAX_PIXELS,
+            exact_decode: false,
         }
     }
 
@@ -362,6 +536,49 @@ mod tests {
         assert_eq!(half_round_even(1), 0);
         assert_eq!(half_round_even(3), 2);
         assert_eq!(half_round_even(5), 2);
+    }
+
+    #[test]
+    fn dct_scale_keeps_twice_the_resize_target() {
+        let s = spec(224, 224, ResizeMode::CenterCrop);
+        // 2048x1536 -> 298x224: 1/4 gives 512x384 (>= 596x448? no: 512 < 596), so 1/2.
+        assert_eq!(dct_scale(2048, 1536, &s), Some(4));
+        // 2048x2048 -> 224x224: 1/4 gives 512x512 >= 448x448.
+        assert_eq!(dct_scale(2048, 2048, &s), Some(2));
+        // 4000x4000: 1/8 gives 500x500 >= 448x448.
+        assert_eq!(dct_scale(4000, 4000, &s), Some(1));
+        // ImageNet-sized sources are decoded at full size.
+        assert_eq!(dct_scale(500, 375, &s), None);
+        // 7000x300 -> 16 px: 1/8 would give 37.5 rows, so 1/4 (1750x75).
+        let small = spec(16, 16, ResizeMode::CenterCrop);
+        assert_eq!(dct_scale(7000, 300, &small), Some(2));
+        let exact = ResizeSpec {
+            exact_decode: true,
+            ..s
+        };
+        assert_eq!(dct_scale(4000, 4000, &exact), None);
+        let nearest = ResizeSpec {
+            interpolation: Interpolation::Nearest,
+            ..s
+        };
+        assert_eq!(dct_scale(4000, 4000, &nearest), None);
+    }
+
+    #[test]
+    fn grey_resized_as_one_channel_equals_rgb_resize() {
+        let grey: Vec<u8> = (0..40 * 30).map(|i| ((i * 37) % 251) as u8).collect();
+        let rgb = grey_to_rgb(&grey);
+        let s = spec(12, 10, ResizeMode::CenterCrop);
+        let px = Pixels {
+            data: grey,
+            width: 40,
+            height: 30,
+            channels: 1,
+        };
+        assert_eq!(
+            resize_pixels(px, (40, 30), &s).unwrap(),
+            resize_rgb(rgb, 40, 30, &s).unwrap()
+        );
     }
 
     #[test]

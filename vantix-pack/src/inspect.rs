@@ -48,7 +48,7 @@ pub fn summarize(ds: &Dataset) -> Result<Summary> {
         channels: m.geometry.channels,
         codec: m.codec.name().into(),
         zstd_level: match m.codec {
-            Codec::Zstd { level } => Some(level),
+            Codec::Zstd { level, .. } => Some(level),
             Codec::Raw => None,
         },
         num_shards: ds.shards().len(),

@@ -30,6 +30,7 @@ impl Default for PackOptions {
                 interpolation: Interpolation::Bilinear,
                 pad_color: [0, 0, 0],
                 max_pixels: DEFAULT_MAX_PIXELS,
+                exact_decode: false,
             },
             codec: vantix_read::Codec::Raw,
             shard_size: DEFAULT_SHARD_SIZE,

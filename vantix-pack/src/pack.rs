@@ -13,8 +13,7 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use vantix_read::format::{
-    Codec, Geometry, Manifest, PackSettings, ShardInfo, Skipped, FORMAT_VERSION, MANIFEST_FORMAT,
-    MANIFEST_NAME,
+    Codec, Geometry, Manifest, PackSettings, ShardInfo, Skipped, MANIFEST_FORMAT, MANIFEST_NAME,
 };
 use vantix_read::{Error, Result};
 use xxhash_rust::xxh3::Xxh3;
@@ -106,13 +105,31 @@ fn remove_stale_partials(parent: &Path, name: &str) {
     }
 }
 
-fn encode(record: Vec<u8>, codec: Codec) -> std::result::Result<Vec<u8>, String> {
+fn encode(
+    record: Vec<u8>,
+    codec: Codec,
+    geometry: Geometry,
+) -> std::result::Result<Vec<u8>, String> {
     thread_local! {
         static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     }
     match codec {
         Codec::Raw => Ok(record),
-        Codec::Zstd { level } => ZSTD.with(|cell| {
+        Codec::Zstd { level, filter } => ZSTD.with(|cell| {
+            let record = if filter.is_none() {
+                record
+            } else {
+                let bpp = geometry.channels as usize;
+                let mut filtered = vec![0u8; record.len()];
+                vantix_read::filter::apply(
+                    filter,
+                    &record,
+                    &mut filtered,
+                    geometry.width as usize * bpp,
+                    bpp,
+                );
+                filtered
+            };
             let mut slot = cell.borrow_mut();
             if slot.as_ref().is_none_or(|(l, _)| *l != level) {
                 let c = zstd::bulk::Compressor::new(level).map_err(|e| e.to_string())?;
@@ -146,7 +163,7 @@ fn check_options(opts: &PackOptions) -> Result<()> {
         channels: 3,
     }
     .validate("--size")?;
-    if let Codec::Zstd { level } = opts.codec {
+    if let Codec::Zstd { level, .. } = opts.codec {
         if !(1..=22).contains(&level) {
             return Err(Error::invalid(format!(
                 "zstd level must be 1..=22, got {level}"
@@ -260,7 +277,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
                 .map(|f| {
                     let path = folder.root.join(&f.rel);
                     let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-                    encode(process(&bytes, &spec)?, opts.codec)
+                    encode(process(&bytes, &spec)?, opts.codec, geometry)
                 })
                 .collect()
         });
@@ -293,7 +310,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     let num_samples = packed_sources.len() as u64;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        version: FORMAT_VERSION,
+        version: opts.codec.format_version(),
         geometry,
         dtype: "uint8".into(),
         layout: "HWC".into(),

@@ -274,8 +274,22 @@ impl Dataset {
                     "image geometry differs from the manifest",
                 ));
             }
-            if header.codec_id != manifest.codec.id() {
-                return Err(Error::corrupt(&sname, "codec differs from the manifest"));
+            if header.version != manifest.version {
+                return Err(Error::corrupt(
+                    &sname,
+                    format!(
+                        "shard version {} differs from the manifest's {}",
+                        header.version, manifest.version
+                    ),
+                ));
+            }
+            if header.codec_id != manifest.codec.id()
+                || header.filter_id != manifest.codec.filter().id()
+            {
+                return Err(Error::corrupt(
+                    &sname,
+                    "codec or filter differs from the manifest",
+                ));
             }
             if header.num_records != info.num_records {
                 return Err(Error::corrupt(
@@ -446,6 +460,12 @@ impl Dataset {
                         &shard.name,
                         format!("record {j}: decompressed to {n} bytes, expected {rb}"),
                     ));
+                }
+                let filter = self.manifest.codec.filter();
+                if !filter.is_none() {
+                    let g = self.manifest.geometry;
+                    let bpp = g.channels as usize;
+                    crate::filter::undo(filter, dst, g.width as usize * bpp, bpp);
                 }
             }
         }

@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Version of the format written by this library (manifest and shard header).
-pub const FORMAT_VERSION: u32 = 1;
+/// Newest version of the format this library reads and writes (manifest and shard header).
+/// Version 2 added the prediction filter (`codec.filter`, header bytes 96..100); a dataset
+/// that uses no version 2 feature is written as version 1, so older readers still open it.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest version this library reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Name of the manifest inside a dataset directory.
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// The `format` field of every manifest.
@@ -38,8 +42,64 @@ pub const MAX_CHANNELS: u32 = 4;
 pub enum Codec {
     /// Uncompressed pixels at a fixed, aligned stride.
     Raw,
-    /// One zstd frame per record, found through an offsets table.
-    Zstd { level: i32 },
+    /// One zstd frame per record, found through an offsets table. With a `filter` other than
+    /// `none`, each record's pixels were passed through that prediction filter before
+    /// compression, and a reader undoes it after decompression.
+    Zstd {
+        level: i32,
+        #[serde(default, skip_serializing_if = "Filter::is_none")]
+        filter: Filter,
+    },
+}
+
+/// A reversible prediction filter applied to a record before compression (PNG's filter types;
+/// one filter for every row of every record). See [`crate::filter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    /// Bytes stored as they are.
+    #[default]
+    None,
+    /// Difference from the same channel of the pixel to the left.
+    Left,
+    /// Difference from the byte above.
+    Up,
+    /// Difference from the floor of the mean of left and above.
+    Avg,
+    /// Difference from PNG's Paeth predictor of left, above and above-left.
+    Paeth,
+}
+
+impl Filter {
+    pub const ALL: [Filter; 5] = [
+        Filter::None,
+        Filter::Left,
+        Filter::Up,
+        Filter::Avg,
+        Filter::Paeth,
+    ];
+    /// The filter id in a shard header (offset 96).
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+    pub fn from_id(id: u32) -> Option<Self> {
+        Self::ALL.get(id as usize).copied()
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::None => "none",
+            Filter::Left => "left",
+            Filter::Up => "up",
+            Filter::Avg => "avg",
+            Filter::Paeth => "paeth",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+    pub fn is_none(&self) -> bool {
+        *self == Filter::None
+    }
 }
 
 impl Codec {
@@ -53,6 +113,22 @@ impl Codec {
         match self {
             Codec::Raw => "raw",
             Codec::Zstd { .. } => "zstd",
+        }
+    }
+    /// The format version a dataset stored with this codec is written as: the oldest one that
+    /// can describe it.
+    pub fn format_version(self) -> u32 {
+        if self.filter().is_none() {
+            1
+        } else {
+            2
+        }
+    }
+    /// The prediction filter applied before compression (`None` for raw records).
+    pub fn filter(self) -> Filter {
+        match self {
+            Codec::Raw => Filter::None,
+            Codec::Zstd { filter, .. } => filter,
         }
     }
 }
@@ -163,11 +239,22 @@ impl Manifest {
                 format!("format is {:?}, expected \"vantix\"", m.format),
             ));
         }
-        if m.version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&m.version) {
             return Err(Error::corrupt(
                 name,
                 format!(
-                    "format version {} is not supported (this reader knows {FORMAT_VERSION})",
+                    "format version {} is not supported (this reader knows {MIN_FORMAT_VERSION} to {FORMAT_VERSION})",
+                    m.version
+                ),
+            ));
+        }
+        if m.version < m.codec.format_version() {
+            return Err(Error::corrupt(
+                name,
+                format!(
+                    "codec {:?} needs format version {}, the manifest says {}",
+                    m.codec.filter().name(),
+                    m.codec.format_version(),
                     m.version
                 ),
             ));
@@ -188,7 +275,7 @@ impl Manifest {
         if m.classes.len() > u32::MAX as usize {
             return Err(Error::corrupt(name, "too many classes"));
         }
-        if let Codec::Zstd { level } = m.codec {
+        if let Codec::Zstd { level, .. } = m.codec {
             if !(-131072..=22).contains(&level) {
                 return Err(Error::corrupt(
                     name,
@@ -223,13 +310,15 @@ impl Manifest {
 /// | 72 | 8 | data offset (multiple of 4096) |
 /// | 80 | 8 | data size |
 /// | 88 | 8 | global index of the first record |
-/// | 96 | 28 | reserved, zero |
+/// | 96 | 4 | prediction filter id (0 none, 1 left, 2 up, 3 avg, 4 paeth; zstd only) |
+/// | 100 | 24 | reserved, zero |
 /// | 124 | 4 | CRC-32 of bytes 0..124 |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardHeader {
     pub version: u32,
     pub geometry: Geometry,
     pub codec_id: u32,
+    pub filter_id: u32,
     pub num_records: u64,
     pub stride: u64,
     pub labels_offset: u64,
@@ -270,9 +359,10 @@ impl ShardHeader {
             Codec::Zstd { .. } => 0,
         };
         ShardHeader {
-            version: FORMAT_VERSION,
+            version: codec.format_version(),
             geometry,
             codec_id: codec.id(),
+            filter_id: codec.filter().id(),
             num_records,
             stride,
             labels_offset,
@@ -298,6 +388,7 @@ impl ShardHeader {
         b[20..24].copy_from_slice(&self.geometry.height.to_le_bytes());
         b[24..28].copy_from_slice(&self.geometry.channels.to_le_bytes());
         b[28..32].copy_from_slice(&self.codec_id.to_le_bytes());
+        b[96..100].copy_from_slice(&self.filter_id.to_le_bytes());
         for (i, v) in [
             self.num_records,
             self.stride,
@@ -332,10 +423,12 @@ impl ShardHeader {
             return Err(Error::corrupt(file, "bad magic: not a Vantix shard"));
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(Error::corrupt(
                 file,
-                format!("unsupported shard version {version} (this reader knows {FORMAT_VERSION})"),
+                format!(
+                    "unsupported shard version {version} (this reader knows {MIN_FORMAT_VERSION} to {FORMAT_VERSION})"
+                ),
             ));
         }
         if u32_at(b, 12) as usize != HEADER_SIZE {
@@ -348,7 +441,7 @@ impl ShardHeader {
                 "header checksum mismatch (header is damaged)",
             ));
         }
-        if b[96..124].iter().any(|&x| x != 0) {
+        if b[100..124].iter().any(|&x| x != 0) {
             return Err(Error::corrupt(file, "reserved header bytes are not zero"));
         }
         let geometry = Geometry {
@@ -361,6 +454,7 @@ impl ShardHeader {
             version,
             geometry,
             codec_id: u32_at(b, 28),
+            filter_id: u32_at(b, 96),
             num_records: u64_at(b, 32),
             stride: u64_at(b, 40),
             labels_offset: u64_at(b, 48),
@@ -381,9 +475,19 @@ impl ShardHeader {
                 ),
             ));
         }
+        if version < 2 && h.filter_id != 0 {
+            return Err(Error::corrupt(file, "reserved header bytes are not zero"));
+        }
+        let filter = Filter::from_id(h.filter_id).ok_or_else(|| {
+            Error::corrupt(
+                file,
+                format!("unknown prediction filter id {}", h.filter_id),
+            )
+        })?;
         let codec = match h.codec_id {
-            0 => Codec::Raw,
-            1 => Codec::Zstd { level: 0 },
+            0 if filter.is_none() => Codec::Raw,
+            0 => return Err(Error::corrupt(file, "raw records cannot have a filter")),
+            1 => Codec::Zstd { level: 0, filter },
             c => return Err(Error::corrupt(file, format!("unknown codec id {c}"))),
         };
         let expect =
@@ -474,7 +578,17 @@ mod tests {
             height: 8,
             channels: 3,
         };
-        let h = ShardHeader::layout(g, Codec::Zstd { level: 3 }, 3, 100, 0);
+        let h = ShardHeader::layout(
+            g,
+            Codec::Zstd {
+                level: 3,
+                filter: Filter::Paeth,
+            },
+            3,
+            100,
+            0,
+        );
+        assert_eq!(h.filter_id, 4);
         assert_eq!(h.offsets_offset, 128 + 12 + 12);
         assert_eq!(h.data_offset % DATA_ALIGN, 0);
         assert_eq!(

@@ -18,6 +18,7 @@
 
 pub mod dataset;
 pub mod error;
+pub mod filter;
 pub mod format;
 pub mod loader;
 pub mod sampler;
@@ -27,7 +28,7 @@ pub mod transform;
 
 pub use dataset::{Dataset, Shard, Verify};
 pub use error::{Error, Result};
-pub use format::{Codec, Geometry, Manifest};
+pub use format::{Codec, Filter, Geometry, Manifest};
 pub use loader::{
     Allocator, Batch, BufferPool, EpochIter, ExternalMemory, Loader, LoaderConfig, Next,
     PooledBuffer,

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    xxh3_hex, Codec, Geometry, Manifest, PackSettings, ShardHeader, ShardInfo, FORMAT_VERSION,
-    MANIFEST_FORMAT, MANIFEST_NAME,
+    xxh3_hex, Codec, Geometry, Manifest, PackSettings, ShardHeader, ShardInfo, MANIFEST_FORMAT,
+    MANIFEST_NAME,
 };
 use crate::{Dataset, Verify};
 
@@ -53,7 +53,12 @@ pub fn tiny_dataset(codec: Codec) -> TinyDataset {
             .iter()
             .map(|r| match codec {
                 Codec::Raw => r.clone(),
-                Codec::Zstd { level } => zstd::bulk::compress(r, level).expect("zstd"),
+                Codec::Zstd { level, filter } => {
+                    let row = (geometry.width * geometry.channels) as usize;
+                    let mut filtered = vec![0u8; r.len()];
+                    crate::filter::apply(filter, r, &mut filtered, row, geometry.channels as usize);
+                    zstd::bulk::compress(&filtered, level).expect("zstd")
+                }
             })
             .collect();
         let mut data = Vec::new();
@@ -92,7 +97,7 @@ pub fn tiny_dataset(codec: Codec) -> TinyDataset {
     }
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        version: FORMAT_VERSION,
+        version: codec.format_version(),
         geometry,
         dtype: "uint8".into(),
         layout: "HWC".into(),

@@ -9,7 +9,7 @@ use std::path::Path;
 use vantix_read::format::MANIFEST_NAME;
 use vantix_read::testing::{exercise, exercise_files, mutate, parse_untrusted, tiny_dataset};
 use vantix_read::testing::{Outcome, TinyDataset};
-use vantix_read::{Codec, Dataset, Error};
+use vantix_read::{Codec, Dataset, Error, Filter};
 
 /// Mutations per codec in `random_mutations_never_panic`.
 const MUTATIONS: u64 = 10_000;
@@ -48,8 +48,26 @@ fn kind(o: &Outcome) -> &'static str {
     }
 }
 
-fn codecs() -> [Codec; 2] {
-    [Codec::Raw, Codec::Zstd { level: 3 }]
+/// `raw`, `zstd` or `zstd+FILTER`: how a test names a codec in what it prints.
+fn label(codec: Codec) -> String {
+    match codec.filter() {
+        Filter::None => codec.name().to_string(),
+        f => format!("{}+{}", codec.name(), f.name()),
+    }
+}
+
+fn codecs() -> [Codec; 3] {
+    [
+        Codec::Raw,
+        Codec::Zstd {
+            level: 3,
+            filter: Filter::None,
+        },
+        Codec::Zstd {
+            level: 3,
+            filter: Filter::Up,
+        },
+    ]
 }
 
 #[test]
@@ -90,7 +108,7 @@ fn random_mutations_never_panic() {
         println!(
             "{} mutations of a {} dataset: {tally:?}",
             MUTATIONS,
-            codec.name()
+            label(codec)
         );
         assert_eq!(tally.values().sum::<u64>(), MUTATIONS);
         assert!(tally["rejected at open"] > MUTATIONS / 4);
@@ -142,7 +160,7 @@ fn every_single_bit_flip_in_a_shard_is_detected() {
         println!(
             "{} single-bit flips of a {} shard, all detected",
             flips,
-            codec.name()
+            label(codec)
         );
     }
 }
