@@ -294,6 +294,22 @@ print("finished")
 """
 
 
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt in this process (Python's own handler), whatever the
+    test runner inherited: a shell without job control starts background jobs, and so a CI
+    script run with `&`, with SIGINT ignored, and an ignored signal stays ignored in children."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_by_default() -> None:
+    """In a child before exec: SIGINT's default action, so the child's Python installs its
+    KeyboardInterrupt handler (it leaves an inherited SIG_IGN alone)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_interrupts_vantix_pack(slow_images, tmp_path):
     out = tmp_path / "out.vtx"
     proc = subprocess.Popen(
@@ -301,6 +317,7 @@ def test_ctrl_c_interrupts_vantix_pack(slow_images, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_by_default,
     )
     while not _partials(tmp_path) and proc.poll() is None:
         time.sleep(0.005)  # wait until packing has begun
@@ -539,7 +556,7 @@ def slow(tmp_path_factory):
     return out
 
 
-def test_ctrl_c_interrupts_a_wait_for_a_batch_and_the_loader_stays_usable(slow):
+def test_ctrl_c_interrupts_a_wait_for_a_batch_and_the_loader_stays_usable(slow, ctrl_c):
     indices = np.arange(40_000) % 16
     loader = VantixLoader(
         slow, batch_size=40_000, indices=indices, random_resized_crop=8, num_threads=1
