@@ -350,27 +350,19 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
                 dst.display()
             )));
         }
-        if exchange(&tmp_path, dst).is_ok() {
-            // `tmp_path` now holds the old dataset; the guard removes it.
-            drop(tmp);
-            sync_dir(&parent)?;
-            return Ok(report(
-                dst,
-                folder.classes,
-                num_samples,
-                skipped,
-                shards,
-                start,
-            ));
+        if exchange(&tmp_path, dst).is_err() {
+            let old = parent.join(format!(".{dst_name}.old-{}", std::process::id()));
+            std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
+            std::fs::rename(&tmp_path, dst).map_err(|e| Error::io(dst, e))?;
+            let _ = std::fs::remove_dir_all(&old);
+            tmp.0 = None;
         }
-        let old = parent.join(format!(".{dst_name}.old-{}", std::process::id()));
-        std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
-        std::fs::rename(&tmp_path, dst).map_err(|e| Error::io(dst, e))?;
-        let _ = std::fs::remove_dir_all(&old);
+        // After an exchange `tmp_path` holds the old dataset: the guard removes it.
     } else {
         std::fs::rename(&tmp_path, dst).map_err(|e| Error::io(dst, e))?;
+        tmp.0 = None;
     }
-    tmp.0 = None;
+    drop(tmp);
     sync_dir(&parent)?;
     Ok(report(
         dst,
