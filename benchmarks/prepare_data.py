@@ -9,6 +9,9 @@ Profiles (``--profile``), each written to ``OUT/<profile>/train``:
   300-640, aspect 1:1 to 16:9, one in five portrait).
 * ``4k-medical``: radiograph-like images with a 2048-px long side, stored as 8-bit
   grayscale (mode L): 80% JPEG q95, 20% PNG.
+* ``4k-photo``: colour photographs with a 2048-px long side (aspect 1:1 to 3:2), JPEG
+  q90: the large-photograph case (phone and camera pictures), where decoding at a reduced
+  DCT scale saves the most. Used by ``benchmark_pack.py``.
 
 Synthetic images come from :func:`photo_like` (and :func:`medical_like`): numpy + Pillow
 only, deterministic in the generator passed in, and built to *cost* what photographs
@@ -370,6 +373,16 @@ def _render_imagenet(
     return Image.fromarray(pixels), "jpg"
 
 
+def _render_large_photo(
+    rng: np.random.Generator, class_index: int, num_classes: int
+) -> tuple[Image.Image, str]:
+    aspect = float(rng.choice([1.0, 4 / 3, 3 / 2]))
+    short_side = round(2048 / aspect)
+    width, height = (short_side, 2048) if rng.random() < 0.3 else (2048, short_side)
+    pixels = photo_like(rng, width, height, hue=(class_index + 0.5) / num_classes)
+    return Image.fromarray(pixels), "jpg"
+
+
 def _render_medical(
     rng: np.random.Generator, class_index: int, num_classes: int
 ) -> tuple[Image.Image, str]:
@@ -386,11 +399,13 @@ PROFILES: dict[str, Profile] = {
         Profile("cifar-like", CIFAR10_CLASSES, 5000, _render_cifar),
         Profile("imagenet-std", IMAGENET_CLASSES, 2000, _render_imagenet),
         Profile("4k-medical", MEDICAL_CLASSES, 200, _render_medical),
+        Profile("4k-photo", IMAGENET_CLASSES, 200, _render_large_photo),
     )
 }
 _SAVE_OPTIONS: dict[tuple[str, str], dict[str, object]] = {
     ("imagenet-std", "jpg"): {"quality": 90},
     ("4k-medical", "jpg"): {"quality": 95},
+    ("4k-photo", "jpg"): {"quality": 90},
 }
 
 

@@ -57,12 +57,35 @@ def test_prepare_data_writes_every_profile(out: Path) -> None:
         ("cifar-like", {".png"}),
         ("imagenet-std", {".jpg"}),
         ("4k-medical", {".jpg", ".png"}),
+        ("4k-photo", {".jpg"}),
     ):
         files = sorted((out / "prep" / profile).rglob("*.*"))
         images = [f for f in files if f.suffix in suffixes]
         assert len(images) == 12, (profile, files)
         # An ImageFolder: one folder per class, every image in a class folder.
         assert len({f.parent for f in images}) > 1
+
+
+def test_pack_benchmark_smoke(out: Path) -> None:
+    report_path = out / "assets" / "benchmark_pack.json"
+    run_script(
+        "benchmark_pack.py",
+        *("--tiny", "--num-images", 4, "--data-dir", out / "pack-data", "--out", report_path),
+    )
+    report = json.loads(report_path.read_text())
+    assert set(report["profiles"]) == {"imagenet-std", "4k-medical", "4k-photo"}
+    for name, prof in report["profiles"].items():
+        packers = prof["packers"]
+        assert set(packers) == {"vantix", "vantix_exact_decode", "pillow_pool"}, name
+        for packer in packers.values():
+            assert len(packer["seconds"]) == 1 and packer["peak_rss_kib"] > 0
+            assert packer["images_per_s"] == pytest.approx(4 / packer["median_seconds"])
+        assert prof["speedup_vs_pillow"] == pytest.approx(
+            packers["vantix"]["images_per_s"] / packers["pillow_pool"]["images_per_s"]
+        )
+        floor = prof["libjpeg_turbo"]
+        assert floor["jpeg_files"] > 0 and floor["full_ms"] > 0 and floor["draft_ms"] > 0
+    assert [row["num_images"] for row in report["memory"]] == [2, 4]
 
 
 def test_throughput_smoke(out: Path) -> None:
