@@ -2,8 +2,9 @@
 
 The block lies between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md and is
 generated, never typed: every number comes from ``assets/benchmark_throughput.json``,
-``assets/benchmark_augmentation.json``, ``assets/benchmark_memory.json`` and
-``assets/benchmark_training.json`` (each section appears when its JSON exists).
+``assets/benchmark_augmentation.json``, ``assets/benchmark_memory.json``,
+``assets/benchmark_training.json`` and ``assets/benchmark_pack.json`` (each section appears when
+its JSON exists).
 
 Usage::
 
@@ -273,12 +274,57 @@ def render_training(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def render_pack(data: dict[str, Any]) -> list[str]:
+    p = data["parameters"]
+    out = [
+        "### Packing",
+        "",
+        f"{run_of(data)}: `vantix-pack` ({p['vantix_pack']}), `vantix-pack --exact-decode` and a "
+        f"Pillow packer on a `multiprocessing.Pool` of {p['workers']} workers (decode, "
+        f'`convert("RGB")`, torchvision\'s `Resize({p["size"]})` + `CenterCrop({p["size"]})`, '
+        f"one numpy array) pack the same folder in turn, {p['trials']} trials, median wall time. "
+        "`libjpeg-turbo draft` is how much faster libjpeg-turbo decodes the profile's JPEGs at "
+        "vantix-pack's DCT scale than at full size: the most a scaled decode saves when "
+        "entropy decoding is as fast as it gets ([PACKING.md](docs/PACKING.md))." + load_note(data),
+        "",
+        "| Profile | Images | vantix-pack img/s | --exact-decode img/s | Pillow pool img/s "
+        "| vs Pillow | vs --exact-decode | libjpeg-turbo draft | Peak RSS vantix / Pillow |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, prof in data["profiles"].items():
+        pk = prof["packers"]
+        lj = prof.get("libjpeg_turbo")
+        out.append(
+            f"| {name} | {prof['source']['num_images']:,} | "
+            f"{rate(pk['vantix']['images_per_s'])} | "
+            f"{rate(pk['vantix_exact_decode']['images_per_s'])} | "
+            f"{rate(pk['pillow_pool']['images_per_s'])} | "
+            f"{ratio(prof['speedup_vs_pillow'])} | {ratio(prof['speedup_vs_exact_decode'])} | "
+            f"{ratio(lj['draft_speedup']) if lj else 'n/a'} | "
+            f"{pk['vantix']['peak_rss_kib'] / 1024:.1f} / "
+            f"{pk['pillow_pool']['peak_rss_kib'] / 1024:.1f} MiB |"
+        )
+    rows = data.get("memory") or []
+    if rows:
+        out += [
+            "",
+            "Peak RSS of vantix-pack by dataset size: "
+            + ", ".join(
+                f"{r['num_images']:,} images {r['peak_rss_kib'] / 1024:.1f} MiB" for r in rows
+            )
+            + ".",
+        ]
+    out.append("")
+    return out
+
+
 def render(assets: Path = ASSETS) -> str:
     throughput = load("benchmark_throughput.json", assets)
     augmentation = load("benchmark_augmentation.json", assets)
     memory = load("benchmark_memory.json", assets)
     training = load("benchmark_training.json", assets)
-    present = [d for d in (throughput, augmentation, memory, training) if d is not None]
+    pack = load("benchmark_pack.json", assets)
+    present = [d for d in (throughput, augmentation, memory, training, pack) if d is not None]
     if not present:
         raise SystemExit("update_readme: no benchmark JSON in assets/")
 
@@ -311,6 +357,8 @@ def render(assets: Path = ASSETS) -> str:
         lines += render_memory(memory)
     if training:
         lines += render_training(training)
+    if pack:
+        lines += render_pack(pack)
     while lines and lines[-1] == "":
         lines.pop()
     return "\n".join(lines) + "\n"

@@ -145,6 +145,12 @@ def test_readme_block_renders_from_fresh_results(out: Path) -> None:
     readme.write_text("# x\n\n<!-- results:begin -->\n<!-- results:end -->\n")
     run_script("update_readme.py", "--assets", out / "assets", "--readme", readme)
     text = readme.read_text()
-    for heading in ("### Training", "Small_MLP", "Large_MobileNetV3", "imagenet-std"):
+    for heading in (
+        "### Training",
+        "Small_MLP",
+        "Large_MobileNetV3",
+        "imagenet-std",
+        "### Packing",
+    ):
         assert heading in text, heading
     run_script("update_readme.py", "--assets", out / "assets", "--readme", readme, "--check")
