@@ -12,7 +12,10 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use vantix_pack::{Interpolation, Interrupt, PackOptions, ResizeMode, ResizeSpec};
+use vantix_pack::{
+    AppendOptions, Interpolation, Interrupt, MergeOptions, PackOptions, PackReport, ResizeMode,
+    ResizeSpec,
+};
 use vantix_read::{
     Allocator, Codec, DType, EpochIter, ExternalMemory, Layout, LoaderConfig, Next, Order,
     PooledBuffer, Verify,
@@ -464,7 +467,7 @@ impl EpochIterator {
 
 /// Pack an ImageFolder (see `vantix.pack`). Returns a dict report.
 #[pyfunction]
-#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up"))]
+#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", part=None))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -485,7 +488,11 @@ fn pack<'py>(
     max_pixels: u64,
     exact_decode: bool,
     filter: &str,
+    part: Option<(u64, u64)>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    if let Some((index, count)) = part {
+        vantix_pack::pack::check_part(index, count).map_err(err)?;
+    }
     let filter = vantix_read::Filter::parse(filter).ok_or_else(|| {
         VantixError::new_err(format!(
             "filter must be 'none', 'left', 'up', 'avg' or 'paeth', got {filter:?}"
@@ -528,31 +535,92 @@ fn pack<'py>(
         progress,
         report_skipped: true,
         interrupt: None,
+        part,
     };
     // Ctrl-C: the packing thread (this one, with the GIL released) asks Python between chunks
     // of images whether a signal handler raised; the pack then stops, removes its temporary
     // output, and the handler's exception (KeyboardInterrupt) is raised here.
-    let raised: Arc<std::sync::Mutex<Option<PyErr>>> = Arc::default();
+    let raised: Raised = Arc::default();
     let opts = PackOptions {
-        interrupt: Some(Interrupt(Arc::new({
-            let raised = Arc::clone(&raised);
-            move || {
-                Python::attach(|py| match py.check_signals() {
-                    Ok(()) => false,
-                    Err(e) => {
-                        *raised.lock().unwrap() = Some(e);
-                        true
-                    }
-                })
-            }
-        }))),
+        interrupt: Some(interrupt_on_signal(&raised)),
         ..opts
     };
     let result = py.detach(|| vantix_pack::pack(&src, &dst, &opts));
     if let Some(e) = raised.lock().unwrap().take() {
         return Err(e);
     }
-    let report = result.map_err(err)?;
+    report_dict(py, result.map_err(err)?)
+}
+
+/// The exception a signal handler raised while Rust worked with the GIL released.
+type Raised = Arc<std::sync::Mutex<Option<PyErr>>>;
+
+/// An interrupt check that runs Python's signal handlers and keeps what they raise.
+fn interrupt_on_signal(raised: &Raised) -> Interrupt {
+    let raised = Arc::clone(raised);
+    Interrupt(Arc::new(move || {
+        Python::attach(|py| match py.check_signals() {
+            Ok(()) => false,
+            Err(e) => {
+                *raised.lock().unwrap() = Some(e);
+                true
+            }
+        })
+    }))
+}
+
+/// Join the parts of a pack (see `vantix.merge`). Returns a dict report.
+#[pyfunction]
+#[pyo3(signature = (parts, dst, overwrite=false, progress=false))]
+fn merge<'py>(
+    py: Python<'py>,
+    parts: Vec<PathBuf>,
+    dst: PathBuf,
+    overwrite: bool,
+    progress: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let opts = MergeOptions {
+        overwrite,
+        progress,
+    };
+    let report = py
+        .detach(|| vantix_pack::merge(&parts, &dst, &opts))
+        .map_err(err)?;
+    report_dict(py, report)
+}
+
+/// Add new images to a dataset (see `vantix.append`). Returns a dict report.
+#[pyfunction]
+#[pyo3(signature = (src, dst, shard_size, num_threads, strict, new_classes, progress))]
+#[allow(clippy::too_many_arguments)]
+fn append<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    shard_size: u64,
+    num_threads: Option<usize>,
+    strict: bool,
+    new_classes: bool,
+    progress: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let raised: Raised = Arc::default();
+    let opts = AppendOptions {
+        shard_size,
+        jobs: num_threads,
+        strict,
+        new_classes,
+        progress,
+        report_skipped: true,
+        interrupt: Some(interrupt_on_signal(&raised)),
+    };
+    let result = py.detach(|| vantix_pack::append(&src, &dst, &opts));
+    if let Some(e) = raised.lock().unwrap().take() {
+        return Err(e);
+    }
+    report_dict(py, result.map_err(err)?)
+}
+
+fn report_dict(py: Python<'_>, report: PackReport) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("path", report.output)?;
     d.set_item("num_samples", report.num_samples)?;
@@ -634,6 +702,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EpochIterator>()?;
     m.add_class::<BatchBuffer>()?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
+    m.add_function(wrap_pyfunction!(merge, m)?)?;
+    m.add_function(wrap_pyfunction!(append, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(parse_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(write_contact_sheet, m)?)?;

@@ -71,7 +71,9 @@ def test_help_of_the_loader_is_a_reference():
         assert needle in text, needle
 
 
-@pytest.mark.parametrize("command", [[], ["inspect"], ["verify"], ["preview"]])
+@pytest.mark.parametrize(
+    "command", [[], ["inspect"], ["verify"], ["preview"], ["merge"], ["append"]]
+)
 def test_cli_help_is_complete(command):
     proc = subprocess.run(
         [str(BIN / "vantix-pack"), *command, "--help"], capture_output=True, text=True, timeout=60

@@ -8,15 +8,16 @@
 >>> loader.preview("batch.png")                              # look at a batch as a PNG grid
 
 Main objects: :class:`VantixLoader` (shuffled, augmented, prefetched batches),
-:class:`VantixDataset` (map-style), :func:`pack`, :func:`inspect`, :func:`verify`,
-:func:`train_val_split`, :func:`save_batch_grid`, :class:`VantixError`. Each has a complete
-docstring (``help(vantix.VantixLoader)``); the guides are in the repository's ``docs/``.
+:class:`VantixDataset` (map-style), :func:`pack`, :func:`merge`, :func:`append`,
+:func:`inspect`, :func:`verify`, :func:`train_val_split`, :func:`save_batch_grid`,
+:class:`VantixError`. Each has a complete docstring (``help(vantix.VantixLoader)``); the guides
+are in the repository's ``docs/``.
 Supported: CPython >= 3.9 (one abi3 wheel); torch >= 2.0 optional (numpy arrays without it).
 """
 
 from ._native import VantixError, __version__
 from .data import VantixDataset, VantixLoader, train_val_split
-from .packing import PackReport, inspect, pack, verify
+from .packing import PackReport, append, inspect, merge, pack, verify
 from .preview import save_batch_grid
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
     "VantixError",
     "VantixLoader",
     "__version__",
+    "append",
     "inspect",
+    "merge",
     "pack",
     "save_batch_grid",
     "train_val_split",

@@ -20,6 +20,8 @@ __all__ = [
     "EpochIterator",
     "BatchBuffer",
     "pack",
+    "merge",
+    "append",
     "cli_main",
     "parse_bytes",
     "write_contact_sheet",
@@ -148,6 +150,19 @@ def pack(
     max_pixels: int,
     exact_decode: bool = False,
     filter: str = "up",
+    part: Optional[tuple[int, int]] = None,
+) -> dict[str, Any]: ...
+def merge(
+    parts: Sequence[_Path], dst: _Path, overwrite: bool = False, progress: bool = False
+) -> dict[str, Any]: ...
+def append(
+    src: _Path,
+    dst: _Path,
+    shard_size: int,
+    num_threads: Optional[int],
+    strict: bool,
+    new_classes: bool,
+    progress: bool,
 ) -> dict[str, Any]: ...
 def cli_main(argv: Sequence[str]) -> int: ...
 def train_val_split(

@@ -69,6 +69,7 @@ def pack(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     exact_decode: bool = False,
     filter: str = "up",
+    part: tuple[int, int] | None = None,
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
@@ -99,6 +100,10 @@ def pack(
         exact_decode: decode every JPEG at full size. By default a large JPEG is decoded at
             1/2, 1/4 or 1/8 scale in the DCT domain when that keeps at least twice the resize
             target per axis: much faster, pixels within the parity tolerance of a full decode.
+        part: ``(index, count)`` to pack only part ``index`` (0-based) of ``count``, one part
+            per machine (``--part I/N``): every part scans the whole tree (classes and labels
+            are the whole tree's) and packs one contiguous slice of the sorted file list. Join
+            the parts with :func:`merge`. ``None`` (default) packs everything.
 
     Returns:
         A :class:`PackReport`. Skipped files are also printed to stderr and listed in the
@@ -132,7 +137,21 @@ def pack(
         max_pixels,
         exact_decode=exact_decode,
         filter=filter,
+        part=None if part is None else _part(part),
     )
+    return _report(r)
+
+
+def _part(part: Sequence[int]) -> tuple[int, int]:
+    values = [int(v) for v in part]
+    if len(values) != 2:
+        raise _native.VantixError(f"part must be (index, count), got {part!r}")
+    if values[0] < 0 or values[1] < 0:
+        raise _native.VantixError(f"part must be (index, count) with index < count, got {part!r}")
+    return values[0], values[1]
+
+
+def _report(r: dict[str, Any]) -> PackReport:
     return PackReport(
         path=os.fspath(r["path"]),
         num_samples=r["num_samples"],
@@ -142,6 +161,84 @@ def pack(
         bytes_written=r["bytes_written"],
         seconds=r["seconds"],
     )
+
+
+def merge(
+    parts: Sequence[PathLike], dst: PathLike, *, overwrite: bool = False, progress: bool = False
+) -> PackReport:
+    """Join the parts of a pack made with ``pack(..., part=(i, n))`` into one dataset.
+
+    The result's records, labels, classes, skipped files and ``sources.json`` are exactly those
+    of a single pack of the same tree (``vantix-pack merge``). The parts are checked to be all
+    ``n`` parts of one pack (same tree, same settings, each index once); they are copied, not
+    moved, and stay valid.
+
+    Args:
+        parts: the part datasets, in any order.
+        dst: output directory, e.g. ``"train.vtx"``. Written atomically.
+        overwrite: replace ``dst`` if it exists.
+        progress: draw a progress bar on stderr (when it is a terminal).
+
+    Returns:
+        A :class:`PackReport` of the merged dataset.
+
+    Raises:
+        VantixError: naming the part that is missing, given twice, from another pack or damaged.
+    """
+    r = _native.merge([os.fspath(p) for p in parts], os.fspath(dst), overwrite, progress)
+    return _report(r)
+
+
+def append(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    new_classes: bool = False,
+    shard_size: int | str = "512M",
+    num_threads: int | None = None,
+    strict: bool = False,
+    progress: bool = False,
+) -> PackReport:
+    """Add the images of the ImageFolder ``src`` that the dataset ``dst`` does not hold yet.
+
+    New images are those whose path relative to ``src`` is neither packed (``sources.json``)
+    nor in the manifest's skipped list. They are packed with the dataset's own size, resize
+    mode, interpolation, codec and filter, in ImageFolder order after the existing records,
+    into new shard files; then ``sources.json`` and ``manifest.json`` are replaced atomically
+    (``vantix-pack append``). Existing records keep their indices and their shards are not
+    modified; on any error the dataset is left as it was.
+
+    Args:
+        src: ImageFolder root, usually the one the dataset was packed from.
+        dst: the dataset directory to add to, in place.
+        new_classes: accept class folders the dataset lacks; they are added at the end of the
+            class list, so existing labels never change (a new class can then get another index
+            than ``ImageFolder(src)`` would give it). Without it such folders are an error.
+        shard_size: target bytes per new shard file, an int or a string like ``"512M"``.
+        num_threads: worker threads (default: all cores).
+        strict: raise on the first unreadable file instead of skipping and reporting it.
+        progress: draw a progress bar on stderr (when it is a terminal).
+
+    Returns:
+        A :class:`PackReport` of what was added (``num_samples`` new records, the new
+        shards); ``classes`` is the dataset's whole class list.
+
+    Raises:
+        VantixError: an unknown class folder without ``new_classes``, a damaged dataset, a
+            part of a pack, or (with ``strict``) the first unreadable image.
+    """
+    if isinstance(shard_size, str):
+        shard_size = _native.parse_bytes(shard_size)
+    r = _native.append(
+        os.fspath(src),
+        os.fspath(dst),
+        int(shard_size),
+        num_threads,
+        strict,
+        new_classes,
+        progress,
+    )
+    return _report(r)
 
 
 def verify(path: PathLike) -> None:

@@ -48,8 +48,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             source_files: n,
             source_list_xxh3: String::new(),
             vantix_version: env!("CARGO_PKG_VERSION").into(),
+            exact_decode: false,
+            max_pixels: None,
         },
         skipped: vec![],
+        part: None,
+        appends: Vec::new(),
     };
     std::fs::write(dir.join("manifest.json"), manifest.to_json())?;
     println!("wrote {n} records in {:.2}s", t.elapsed().as_secs_f64());

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use vantix_read::{Codec, Dataset, Filter};
 
+use crate::append::{append, AppendOptions};
 use crate::imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
 use crate::inspect::{human_bytes, summarize};
-use crate::pack::{pack, PackOptions};
+use crate::merge::{merge, MergeOptions};
+use crate::pack::{check_part, pack, PackOptions, PackReport};
 use crate::preview;
 
 const EXAMPLES: &str = "\
@@ -21,6 +23,9 @@ Examples:
   vantix-pack inspect train.vtx                                  classes, counts, geometry, sizes
   vantix-pack verify train.vtx                                   recompute every checksum
   vantix-pack preview train.vtx -o sheet.png --num 64            look at 64 packed images
+  vantix-pack ./train --size 224 -o part-3.vtx --part 3/64      part 3 of 64 (0-based), one per machine
+  vantix-pack merge part-*.vtx -o train.vtx                      join the 64 parts into one dataset
+  vantix-pack append ./train -o train.vtx                        add the images train.vtx lacks
 
 Then, in Python:
   from vantix import VantixLoader
@@ -28,7 +33,7 @@ Then, in Python:
   for images, labels in loader:   # uint8 [B, H, W, 3], int64 [B]
       ...
 
-Run `vantix-pack <COMMAND> --help` for the options of inspect, verify and preview.";
+Run `vantix-pack <COMMAND> --help` for the options of inspect, verify, preview, merge and append.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,6 +110,63 @@ vantix.VantixLoader(...).preview(\"batch.png\") in Python.",
         #[arg(long)]
         scale: Option<usize>,
     },
+    /// Join the parts of a pack made with --part I/N (on many machines) into one dataset.
+    #[command(
+        long_about = "Join the N parts of a pack made with --part I/N into one dataset whose records, \
+labels, classes, skipped files and sources.json are exactly those of a single-machine pack of the same \
+tree. Parts may be given in any order; merge checks that every part of the pack is given once and that \
+all come from the same tree with the same settings, and names the offending part otherwise. Shards are \
+copied (the parts stay valid) and their checksums checked on the way; the output appears atomically.",
+        after_help = "Examples:\n  vantix-pack merge parts/part-*.vtx -o train.vtx\n  vantix-pack merge p0.vtx p1.vtx p2.vtx -o train.vtx --overwrite"
+    )]
+    Merge {
+        /// The part datasets (every part of one pack, any order).
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        /// Output dataset directory, e.g. train.vtx.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Replace the output dataset if it exists.
+        #[arg(long)]
+        overwrite: bool,
+        /// No progress bar and no summary.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Add the images of SRC that a dataset does not hold yet, as new shards.
+    #[command(
+        long_about = "Add to an existing dataset the images of the ImageFolder SRC that it does not \
+hold yet: those whose path relative to SRC is neither packed (sources.json) nor in the manifest's \
+skipped list. They are packed with the dataset's own size, resize mode, interpolation, codec and \
+filter, in ImageFolder order, after the existing records, into new shard files; then sources.json and \
+manifest.json are replaced atomically. Existing records keep their indices and their shards are not \
+touched. A class folder that is not a class of the dataset is an error unless --new-classes: new \
+classes go at the end of the class list (existing labels never change, so they can differ from the \
+index ImageFolder(SRC) would give them).",
+        after_help = "Examples:\n  vantix-pack append ./train -o train.vtx\n  vantix-pack append ./train -o train.vtx --new-classes"
+    )]
+    Append {
+        /// The ImageFolder holding the new images (usually the one the dataset was packed from).
+        src: PathBuf,
+        /// The dataset to add to, in place (e.g. train.vtx).
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+        /// Accept class folders the dataset lacks: they are added at the end of the class list.
+        #[arg(long)]
+        new_classes: bool,
+        /// Target size of a new shard file, e.g. 512M, 1G or a byte count.
+        #[arg(long, default_value = "512M", value_parser = parse_bytes)]
+        shard_size: u64,
+        /// Worker threads (default: all cores).
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
+        /// Fail on the first unreadable image instead of skipping and reporting it.
+        #[arg(long)]
+        strict: bool,
+        /// No progress bar and no summary.
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -159,9 +221,25 @@ struct PackArgs {
     /// (much faster; pixels within the parity tolerance of a full-size decode + resize).
     #[arg(long)]
     exact_decode: bool,
+    /// Pack only part I of N (I counts from 0: 0/N .. N-1/N), e.g. --part $SLURM_ARRAY_TASK_ID/64.
+    /// Every part scans the whole tree (classes and labels are the whole tree's) and packs the
+    /// I-th of N contiguous slices of the sorted file list; join the parts with
+    /// `vantix-pack merge`.
+    #[arg(long, value_name = "I/N", value_parser = parse_part)]
+    part: Option<(u64, u64)>,
     /// No progress bar and no summary.
     #[arg(short, long)]
     quiet: bool,
+}
+
+/// `I/N`: part `I` (0-based) of `N`.
+fn parse_part(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s
+        .split_once('/')
+        .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)))
+        .ok_or_else(|| format!("invalid part {s:?}: expected I/N, e.g. 0/64 (I counts from 0)"))?;
+    check_part(i, n).map_err(|e| e.to_string())?;
+    Ok((i, n))
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -237,8 +315,23 @@ impl PackArgs {
             progress: !self.quiet && std::io::stderr().is_terminal(),
             report_skipped: true,
             interrupt: None,
+            part: self.part,
         }
     }
+}
+
+fn print_report(verb: &str, r: &PackReport) {
+    eprintln!(
+        "vantix-pack: {verb} {} images ({} classes, {} skipped) into {} in {:.1}s ({:.0} images/s), {} in {} shard(s)",
+        r.num_samples,
+        r.classes.len(),
+        r.skipped.len(),
+        r.output.display(),
+        r.seconds,
+        (r.num_samples + r.skipped.len() as u64) as f64 / r.seconds.max(1e-9),
+        human_bytes(r.bytes_written),
+        r.shards.len()
+    );
 }
 
 /// Run the command line; returns the process exit code.
@@ -298,6 +391,46 @@ where
             );
             Ok(())
         }),
+        Some(Command::Merge {
+            parts,
+            output,
+            overwrite,
+            quiet,
+        }) => {
+            let opts = MergeOptions {
+                overwrite,
+                progress: !quiet && std::io::stderr().is_terminal(),
+            };
+            merge(&parts, &output, &opts).map(|r| {
+                if !quiet {
+                    print_report(&format!("merged {} parts:", parts.len()), &r);
+                }
+            })
+        }
+        Some(Command::Append {
+            src,
+            output,
+            new_classes,
+            shard_size,
+            jobs,
+            strict,
+            quiet,
+        }) => {
+            let opts = AppendOptions {
+                shard_size,
+                jobs,
+                strict,
+                new_classes,
+                progress: !quiet && std::io::stderr().is_terminal(),
+                report_skipped: true,
+                interrupt: None,
+            };
+            append(&src, &output, &opts).map(|r| {
+                if !quiet {
+                    print_report("appended", &r);
+                }
+            })
+        }
         None => {
             let a = &cli.pack;
             let (src, out) = (
@@ -306,17 +439,11 @@ where
             );
             pack(&src, &out, &a.options()).map(|r| {
                 if !a.quiet {
-                    eprintln!(
-                        "vantix-pack: packed {} images ({} classes, {} skipped) into {} in {:.1}s ({:.0} images/s), {} in {} shard(s)",
-                        r.num_samples,
-                        r.classes.len(),
-                        r.skipped.len(),
-                        r.output.display(),
-                        r.seconds,
-                        (r.num_samples + r.skipped.len() as u64) as f64 / r.seconds.max(1e-9),
-                        human_bytes(r.bytes_written),
-                        r.shards.len()
-                    );
+                    let verb = match a.part {
+                        Some((i, n)) => format!("packed part {i}/{n}:"),
+                        None => "packed".to_string(),
+                    };
+                    print_report(&verb, &r);
                 }
             })
         }
@@ -333,6 +460,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pack::DEFAULT_SHARD_SIZE;
 
     #[test]
     fn sizes_and_bytes() {
@@ -355,5 +483,33 @@ mod tests {
         assert_eq!(c.pack.size, Some((224, 224)));
         let c = Cli::try_parse_from(["vantix-pack", "verify", "train.vtx"]).unwrap();
         assert!(matches!(c.command, Some(Command::Verify { .. })));
+    }
+
+    #[test]
+    fn part_merge_and_append_parse() {
+        assert_eq!(parse_part("0/64"), Ok((0, 64)));
+        assert_eq!(parse_part("63/64"), Ok((63, 64)));
+        assert!(parse_part("64/64").unwrap_err().contains("from 0"));
+        assert!(parse_part("0/0").unwrap_err().contains("at least 1"));
+        assert!(parse_part("3").is_err() && parse_part("a/b").is_err());
+        let c = Cli::try_parse_from([
+            "vantix-pack",
+            "./t",
+            "--size",
+            "8",
+            "-o",
+            "p.vtx",
+            "--part",
+            "2/3",
+        ])
+        .unwrap();
+        assert_eq!(c.pack.part, Some((2, 3)));
+        let c =
+            Cli::try_parse_from(["vantix-pack", "merge", "a.vtx", "b.vtx", "-o", "t.vtx"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Merge { ref parts, .. }) if parts.len() == 2));
+        let c = Cli::try_parse_from(["vantix-pack", "append", "./t", "-o", "t.vtx"]).unwrap();
+        assert!(
+            matches!(c.command, Some(Command::Append { shard_size, .. }) if shard_size == DEFAULT_SHARD_SIZE)
+        );
     }
 }

@@ -7,17 +7,21 @@
 //! # Ok::<(), vantix_read::Error>(())
 //! ```
 
+pub mod append;
 pub mod cli;
 mod font;
 pub mod imaging;
 pub mod inspect;
+pub mod merge;
 pub mod pack;
 pub mod preview;
 pub mod walk;
 pub mod writer;
 
+pub use append::{append, AppendOptions};
 pub use imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
-pub use pack::{pack, Interrupt, PackOptions, PackReport, DEFAULT_SHARD_SIZE};
+pub use merge::{merge, MergeOptions};
+pub use pack::{pack, part_range, Interrupt, PackOptions, PackReport, DEFAULT_SHARD_SIZE};
 pub use walk::{scan, ImageFolder, SourceFile, IMG_EXTENSIONS};
 
 impl Default for PackOptions {
@@ -40,6 +44,7 @@ impl Default for PackOptions {
             progress: false,
             report_skipped: true,
             interrupt: None,
+            part: None,
         }
     }
 }

@@ -13,7 +13,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use vantix_read::format::{
-    Codec, Geometry, Manifest, PackSettings, ShardInfo, Skipped, MANIFEST_FORMAT, MANIFEST_NAME,
+    Codec, Geometry, Manifest, PackSettings, PartInfo, ShardInfo, Skipped, MANIFEST_FORMAT,
+    MANIFEST_NAME,
 };
 use vantix_read::{Error, Result};
 use xxhash_rust::xxh3::Xxh3;
@@ -45,6 +46,10 @@ pub struct PackOptions {
     /// Asked between chunks of images: when it returns true the pack stops with
     /// [`Error::Interrupted`] and leaves nothing behind (Python's Ctrl-C uses it).
     pub interrupt: Option<Interrupt>,
+    /// Pack only part `index` of `count` (0-based, `--part I/N`): the contiguous slice
+    /// [`part_range`] of the sorted source list, labelled with the whole tree's classes.
+    /// `vantix-pack merge` joins the parts into one dataset.
+    pub part: Option<(u64, u64)>,
 }
 
 /// A check for "stop now", called from the packing thread between chunks of images.
@@ -72,7 +77,7 @@ pub struct PackReport {
 }
 
 /// Removes the temporary directory unless the pack completed.
-struct TempDir(Option<PathBuf>);
+pub(crate) struct TempDir(pub(crate) Option<PathBuf>);
 impl Drop for TempDir {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
@@ -86,7 +91,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 /// Remove `.NAME.partial-PID` (and `.NAME.old-PID`) siblings left by packers that were killed.
-fn remove_stale_partials(parent: &Path, name: &str) {
+pub(crate) fn remove_stale_partials(parent: &Path, name: &str) {
     let prefixes = [format!(".{name}.partial-"), format!(".{name}.old-")];
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -105,7 +110,7 @@ fn remove_stale_partials(parent: &Path, name: &str) {
     }
 }
 
-fn encode(
+pub(crate) fn encode(
     record: Vec<u8>,
     codec: Codec,
     geometry: Geometry,
@@ -144,7 +149,7 @@ fn encode(
     }
 }
 
-fn source_list_hash(files: &[SourceFile]) -> String {
+pub(crate) fn source_list_hash(files: &[SourceFile]) -> String {
     let mut h = Xxh3::new();
     for f in files {
         h.update(f.rel.as_os_str().as_bytes());
@@ -153,6 +158,32 @@ fn source_list_hash(files: &[SourceFile]) -> String {
         h.update(b"\n");
     }
     format!("{:016x}", h.digest())
+}
+
+/// The slice `[first, end)` of a sorted source list of `len` files that part `index` of `count`
+/// packs: `[floor(index * len / count), floor((index + 1) * len / count))`. The slices of all
+/// parts are contiguous, in order, and cover the list; a part is empty when `count > len`
+/// leaves it nothing.
+pub fn part_range(index: u64, count: u64, len: u64) -> (u64, u64) {
+    let at = |i: u64| (i as u128 * len as u128 / count as u128) as u64;
+    (at(index), at(index + 1))
+}
+
+/// Check a `--part I/N` request.
+pub fn check_part(index: u64, count: u64) -> Result<()> {
+    if count == 0 {
+        return Err(Error::invalid(format!(
+            "--part {index}/{count}: the number of parts must be at least 1"
+        )));
+    }
+    if index >= count {
+        return Err(Error::invalid(format!(
+            "--part {index}/{count}: parts are numbered from 0, so the index must be below {count} \
+             (0/{count} .. {}/{count})",
+            count - 1
+        )));
+    }
+    Ok(())
 }
 
 fn check_options(opts: &PackOptions) -> Result<()> {
@@ -173,16 +204,15 @@ fn check_options(opts: &PackOptions) -> Result<()> {
     if opts.jobs == Some(0) {
         return Err(Error::invalid("jobs must be at least 1"));
     }
+    if let Some((index, count)) = opts.part {
+        check_part(index, count)?;
+    }
     Ok(())
 }
 
-/// Pack the ImageFolder at `src` into a new dataset directory `dst`.
-///
-/// On any error (including a full disk, a file-size limit or an interrupt) the temporary
-/// output is removed and nothing appears at `dst`.
-pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
-    pack_atomically(src, dst, opts).map_err(|e| match e {
-        // A write error names a file of the (now removed) temporary directory: say so.
+/// A write error names a file of the (now removed) temporary directory: say so.
+pub(crate) fn explain_partial_error(e: Error, dst: &Path) -> Error {
+    match e {
         Error::Io { path, source } if path.contains(".partial-") => Error::Io {
             path: dst.display().to_string(),
             source: std::io::Error::new(
@@ -194,42 +224,144 @@ pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
             ),
         },
         e => e,
-    })
+    }
 }
 
-fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
-    let start = Instant::now();
-    check_options(opts)?;
-    let dst_name = dst
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{}: not a valid output path", dst.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !parent.is_dir() {
-        return Err(Error::invalid(format!(
-            "{}: output folder does not exist",
-            parent.display()
-        )));
-    }
-    if dst.exists() && !opts.overwrite {
-        return Err(Error::invalid(format!(
-            "{}: already exists (pass --overwrite / overwrite=True to replace it)",
-            dst.display()
-        )));
-    }
-    let folder = scan(src)?;
-    remove_stale_partials(&parent, &dst_name);
-    let tmp_path = parent.join(format!(".{dst_name}.partial-{}", std::process::id()));
-    if tmp_path.exists() {
-        std::fs::remove_dir_all(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
-    }
-    std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
-    let mut tmp = TempDir(Some(tmp_path.clone()));
+/// Pack the ImageFolder at `src` into a new dataset directory `dst`.
+///
+/// On any error (including a full disk, a file-size limit or an interrupt) the temporary
+/// output is removed and nothing appears at `dst`.
+pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
+    pack_atomically(src, dst, opts).map_err(|e| explain_partial_error(e, dst))
+}
 
+/// A dataset directory being written: the hidden sibling `.NAME.partial-PID` of the output
+/// path, moved into place by [`Staging::publish`] and removed if dropped before that.
+pub(crate) struct Staging {
+    dst: PathBuf,
+    parent: PathBuf,
+    name: String,
+    tmp: TempDir,
+}
+
+impl Staging {
+    /// Check the output path (its folder exists; it does not, unless `overwrite`), remove
+    /// what killed writers left next to it, and create the temporary directory.
+    pub(crate) fn begin(dst: &Path, overwrite: bool) -> Result<Self> {
+        let name = dst
+            .file_name()
+            .ok_or_else(|| Error::invalid(format!("{}: not a valid output path", dst.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let parent = match dst.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(Error::invalid(format!(
+                "{}: output folder does not exist",
+                parent.display()
+            )));
+        }
+        if dst.exists() && !overwrite {
+            return Err(Error::invalid(format!(
+                "{}: already exists (pass --overwrite / overwrite=True to replace it)",
+                dst.display()
+            )));
+        }
+        remove_stale_partials(&parent, &name);
+        let tmp_path = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if tmp_path.exists() {
+            std::fs::remove_dir_all(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
+        }
+        std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
+        Ok(Staging {
+            dst: dst.to_path_buf(),
+            parent,
+            name,
+            tmp: TempDir(Some(tmp_path)),
+        })
+    }
+
+    /// The temporary directory the dataset is written to.
+    pub(crate) fn dir(&self) -> &Path {
+        self.tmp.0.as_deref().expect("staging directory")
+    }
+
+    /// Write `sources.json` and `manifest.json` (each synced), then move the dataset into
+    /// place. With `overwrite` the new and the old dataset swap places in one atomic step
+    /// (renameat2 RENAME_EXCHANGE), so the output path always holds a complete dataset; where
+    /// the file system cannot exchange, the old one is moved aside first.
+    pub(crate) fn publish(
+        self,
+        manifest: &Manifest,
+        sources: &[String],
+        overwrite: bool,
+    ) -> Result<()> {
+        let Staging {
+            dst,
+            parent,
+            name,
+            mut tmp,
+        } = self;
+        let tmp_path = tmp.0.clone().expect("staging directory");
+        write_synced(
+            &tmp_path.join(SOURCES_NAME),
+            serde_json::to_string(sources).unwrap().as_bytes(),
+        )?;
+        write_synced(&tmp_path.join(MANIFEST_NAME), manifest.to_json().as_bytes())?;
+        sync_dir(&tmp_path)?;
+        if dst.exists() {
+            if !overwrite {
+                return Err(Error::invalid(format!(
+                    "{}: appeared while writing; not replaced",
+                    dst.display()
+                )));
+            }
+            if exchange(&tmp_path, &dst).is_err() {
+                let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+                std::fs::rename(&dst, &old).map_err(|e| Error::io(&dst, e))?;
+                std::fs::rename(&tmp_path, &dst).map_err(|e| Error::io(&dst, e))?;
+                let _ = std::fs::remove_dir_all(&old);
+                tmp.0 = None;
+            }
+            // After an exchange `tmp_path` holds the old dataset: the guard removes it.
+        } else {
+            std::fs::rename(&tmp_path, &dst).map_err(|e| Error::io(&dst, e))?;
+            tmp.0 = None;
+        }
+        drop(tmp);
+        sync_dir(&parent)
+    }
+}
+
+/// A progress bar over `len` items (hidden unless `show`).
+pub(crate) fn progress_bar(show: bool, len: u64, what: &str) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {what}  {{per_sec}}  ETA {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Decode, resize and encode `files` (relative to `root`) in parallel chunks with `opts`' spec
+/// and codec, and write them in order with `writer`. Returns the relative paths of the packed
+/// files, in record order, and the skipped ones. `stopped` words the interrupt error.
+pub(crate) fn pack_files(
+    root: &Path,
+    files: &[SourceFile],
+    opts: &PackOptions,
+    writer: &mut ShardWriter,
+    stopped: &dyn Fn() -> String,
+) -> Result<(Vec<String>, Vec<Skipped>)> {
     let spec = opts.spec;
     let geometry = Geometry {
         width: spec.width,
@@ -244,38 +376,21 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
         .thread_name(|i| format!("vantix-pack-{i}"))
         .build()
         .map_err(|e| Error::invalid(format!("cannot start {threads} threads: {e}")))?;
-
-    let bar = if opts.progress {
-        ProgressBar::with_draw_target(
-            Some(folder.files.len() as u64),
-            ProgressDrawTarget::stderr(),
-        )
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(opts.progress, files.len() as u64, "images");
     bar.set_message("packing");
 
-    let mut writer = ShardWriter::new(&tmp_path, geometry, opts.codec, opts.shard_size);
     let mut skipped = Vec::new();
-    let mut packed_sources = Vec::with_capacity(folder.files.len());
+    let mut packed_sources = Vec::with_capacity(files.len());
     let chunk = 64 * threads;
-    for files in folder.files.chunks(chunk) {
+    for files in files.chunks(chunk) {
         if opts.interrupt.as_ref().is_some_and(|stop| (stop.0)()) {
-            return Err(Error::Interrupted(format!(
-                "packing {} stopped; nothing was written there",
-                dst.display()
-            )));
+            return Err(Error::Interrupted(stopped()));
         }
         let results: Vec<_> = pool.install(|| {
             files
                 .par_iter()
                 .map(|f| {
-                    let path = folder.root.join(&f.rel);
+                    let path = root.join(&f.rel);
                     let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
                     encode(process(&bytes, &spec)?, opts.codec, geometry)
                 })
@@ -288,7 +403,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
                     packed_sources.push(f.rel.to_string_lossy().into_owned());
                 }
                 Err(reason) => {
-                    let path = folder.root.join(&f.rel).display().to_string();
+                    let path = root.join(&f.rel).display().to_string();
                     if opts.strict {
                         return Err(Error::BadImage { path, reason });
                     }
@@ -304,8 +419,57 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
             bar.inc(1);
         }
     }
-    let shards = writer.finish()?;
     bar.finish_and_clear();
+    Ok((packed_sources, skipped))
+}
+
+/// The `pack` block of a manifest for a dataset made from `root` with `opts`.
+pub(crate) fn pack_settings(root: &Path, opts: &PackOptions, files: &[SourceFile]) -> PackSettings {
+    let spec = opts.spec;
+    PackSettings {
+        resize: spec.mode.name().into(),
+        interpolation: spec.interpolation.name().into(),
+        pad_color: spec.pad_color,
+        source: std::fs::canonicalize(root)
+            .unwrap_or_else(|_| root.to_path_buf())
+            .display()
+            .to_string(),
+        source_files: files.len() as u64,
+        source_list_xxh3: source_list_hash(files),
+        vantix_version: env!("CARGO_PKG_VERSION").into(),
+        exact_decode: spec.exact_decode,
+        max_pixels: Some(spec.max_pixels),
+    }
+}
+
+fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
+    let start = Instant::now();
+    check_options(opts)?;
+    let staging = Staging::begin(dst, opts.overwrite)?;
+    let folder = scan(src)?;
+    let tmp_path = staging.dir().to_path_buf();
+
+    let spec = opts.spec;
+    let geometry = Geometry {
+        width: spec.width,
+        height: spec.height,
+        channels: 3,
+    };
+    // A part packs one contiguous slice of the sorted list; classes, labels and the source
+    // list hash stay the whole tree's, so `merge` can check that the parts belong together.
+    let (first, end) = match opts.part {
+        Some((index, count)) => part_range(index, count, folder.files.len() as u64),
+        None => (0, folder.files.len() as u64),
+    };
+    let files = &folder.files[first as usize..end as usize];
+    let mut writer = ShardWriter::new(&tmp_path, geometry, opts.codec, opts.shard_size);
+    let (packed_sources, skipped) = pack_files(&folder.root, files, opts, &mut writer, &|| {
+        format!(
+            "packing {} stopped; nothing was written there",
+            dst.display()
+        )
+    })?;
+    let shards = writer.finish()?;
 
     let num_samples = packed_sources.len() as u64;
     let manifest = Manifest {
@@ -319,51 +483,17 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
         classes: folder.classes.clone(),
         num_samples,
         shards: shards.clone(),
-        pack: PackSettings {
-            resize: spec.mode.name().into(),
-            interpolation: spec.interpolation.name().into(),
-            pad_color: spec.pad_color,
-            source: std::fs::canonicalize(src)
-                .unwrap_or_else(|_| src.to_path_buf())
-                .display()
-                .to_string(),
-            source_files: folder.files.len() as u64,
-            source_list_xxh3: source_list_hash(&folder.files),
-            vantix_version: env!("CARGO_PKG_VERSION").into(),
-        },
+        pack: pack_settings(src, opts, &folder.files),
         skipped: skipped.clone(),
+        part: opts.part.map(|(index, count)| PartInfo {
+            index,
+            count,
+            first_source: first,
+            num_sources: end - first,
+        }),
+        appends: Vec::new(),
     };
-    write_synced(
-        &tmp_path.join(SOURCES_NAME),
-        serde_json::to_string(&packed_sources).unwrap().as_bytes(),
-    )?;
-    write_synced(&tmp_path.join(MANIFEST_NAME), manifest.to_json().as_bytes())?;
-    sync_dir(&tmp_path)?;
-
-    // Move into place. With --overwrite the new and the old dataset swap places in one atomic
-    // step (renameat2 RENAME_EXCHANGE), so the output path always holds a complete dataset;
-    // where the file system cannot exchange, the old one is moved aside first.
-    if dst.exists() {
-        if !opts.overwrite {
-            return Err(Error::invalid(format!(
-                "{}: appeared while packing; not replaced",
-                dst.display()
-            )));
-        }
-        if exchange(&tmp_path, dst).is_err() {
-            let old = parent.join(format!(".{dst_name}.old-{}", std::process::id()));
-            std::fs::rename(dst, &old).map_err(|e| Error::io(dst, e))?;
-            std::fs::rename(&tmp_path, dst).map_err(|e| Error::io(dst, e))?;
-            let _ = std::fs::remove_dir_all(&old);
-            tmp.0 = None;
-        }
-        // After an exchange `tmp_path` holds the old dataset: the guard removes it.
-    } else {
-        std::fs::rename(&tmp_path, dst).map_err(|e| Error::io(dst, e))?;
-        tmp.0 = None;
-    }
-    drop(tmp);
-    sync_dir(&parent)?;
+    staging.publish(&manifest, &packed_sources, opts.overwrite)?;
     Ok(report(
         dst,
         folder.classes,
@@ -374,7 +504,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     ))
 }
 
-fn report(
+pub(crate) fn report(
     dst: &Path,
     classes: Vec<String>,
     num_samples: u64,
@@ -418,14 +548,14 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes).map_err(|e| Error::io(path, e))?;
     f.sync_all().map_err(|e| Error::io(path, e))
 }
 
-fn sync_dir(path: &Path) -> Result<()> {
+pub(crate) fn sync_dir(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(path, e))

@@ -21,6 +21,8 @@ pub struct ShardWriter {
     geometry: Geometry,
     codec: Codec,
     shard_size: u64,
+    /// Number of the first shard file this writer creates (`shard_name`).
+    first_shard: usize,
     next_index: u64,
     shards: Vec<ShardInfo>,
     current: Option<OpenShard>,
@@ -48,10 +50,19 @@ impl ShardWriter {
             geometry,
             codec,
             shard_size: shard_size.max(1),
+            first_shard: 0,
             next_index: 0,
             shards: Vec::new(),
             current: None,
         }
+    }
+
+    /// Continue a dataset: the first shard written is `shard_name(first_shard)` and its first
+    /// record has the global index `first_index` (`vantix-pack append`).
+    pub fn starting_at(mut self, first_shard: usize, first_index: u64) -> Self {
+        self.first_shard = first_shard;
+        self.next_index = first_index;
+        self
     }
 
     /// Append one encoded record with its label.
@@ -71,9 +82,10 @@ impl ShardWriter {
             self.finish_shard()?;
         }
         if self.current.is_none() {
-            let scratch_path = self
-                .dir
-                .join(format!("{}.data", shard_name(self.shards.len())));
+            let scratch_path = self.dir.join(format!(
+                "{}.data",
+                shard_name(self.first_shard + self.shards.len())
+            ));
             let f = File::create(&scratch_path).map_err(|e| Error::io(&scratch_path, e))?;
             self.current = Some(OpenShard {
                 scratch: BufWriter::with_capacity(1 << 20, f),
@@ -122,7 +134,7 @@ impl ShardWriter {
         drop(scratch);
         let n = labels.len() as u64;
         let header = ShardHeader::layout(self.geometry, self.codec, n, data_len, first_index);
-        let name = shard_name(self.shards.len());
+        let name = shard_name(self.first_shard + self.shards.len());
         let path = self.dir.join(&name);
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, file);

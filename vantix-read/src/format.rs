@@ -202,6 +202,49 @@ pub struct PackSettings {
     /// xxh3-64 over the sorted list of `relative path \0 label \n` of every source file.
     pub source_list_xxh3: String,
     pub vantix_version: String,
+    /// Every JPEG was decoded at full size (`--exact-decode`); absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exact_decode: bool,
+    /// Largest accepted source image, in pixels (`--max-pixels`); absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pixels: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Which slice of the source list a part holds (`vantix-pack --part I/N`, informational).
+///
+/// The sorted source list of the whole tree (`pack.source_files` files, hash
+/// `pack.source_list_xxh3`) is cut into `count` contiguous slices; part `index` (0-based) holds
+/// the `num_sources` files starting at position `first_source`: those packed, then
+/// `vantix-pack merge` joins the parts into one dataset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartInfo {
+    pub index: u64,
+    pub count: u64,
+    pub first_source: u64,
+    /// Source files of this part (its records plus its skipped files).
+    pub num_sources: u64,
+}
+
+/// One `vantix-pack append` run: the records `first_index .. first_index + num_samples` came
+/// from it (informational).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendInfo {
+    /// The folder the new images were taken from.
+    pub source: String,
+    pub first_index: u64,
+    pub num_samples: u64,
+    /// New source files found (packed + skipped).
+    pub source_files: u64,
+    /// xxh3-64 over `relative path \0 label \n` of the new source files, in record order.
+    pub source_list_xxh3: String,
+    /// Classes this run added at the end of `classes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub new_classes: Vec<String>,
+    pub vantix_version: String,
 }
 
 /// `manifest.json`: the human-readable index of a dataset.
@@ -221,6 +264,12 @@ pub struct Manifest {
     pub pack: PackSettings,
     #[serde(default)]
     pub skipped: Vec<Skipped>,
+    /// Set in a dataset made with `vantix-pack --part I/N` (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartInfo>,
+    /// The `vantix-pack append` runs that added records, oldest first (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub appends: Vec<AppendInfo>,
 }
 
 impl Manifest {

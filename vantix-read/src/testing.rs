@@ -114,8 +114,12 @@ pub fn tiny_dataset(codec: Codec) -> TinyDataset {
             source_files: 7,
             source_list_xxh3: "0000000000000000".into(),
             vantix_version: "test".into(),
+            exact_decode: false,
+            max_pixels: None,
         },
         skipped: Vec::new(),
+        part: None,
+        appends: Vec::new(),
     };
     files.insert(0, (MANIFEST_NAME.into(), manifest.to_json().into_bytes()));
     TinyDataset {
