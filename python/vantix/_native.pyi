@@ -80,12 +80,12 @@ class Transform:
         ratio: tuple[float, float] = ...,
         center_crop: Optional[tuple[int, int]] = None,
         hflip: float = 0.0,
-        mean: Optional[tuple[float, float, float]] = None,
-        std: Optional[tuple[float, float, float]] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
         dtype: str = "uint8",
         layout: str = "NHWC",
     ) -> Transform: ...
-    def validate(self, height: int, width: int) -> None: ...
+    def validate(self, height: int, width: int, channels: int = 3) -> None: ...
 
 @final
 class Loader:
@@ -148,6 +148,8 @@ def pack(
     max_pixels: int,
     exact_decode: bool = False,
     filter: str = "up",
+    channels: int = 3,
+    exif_orientation: bool = False,
 ) -> dict[str, Any]: ...
 def cli_main(argv: Sequence[str]) -> int: ...
 def train_val_split(

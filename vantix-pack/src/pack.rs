@@ -163,6 +163,12 @@ fn check_options(opts: &PackOptions) -> Result<()> {
         channels: 3,
     }
     .validate("--size")?;
+    if !matches!(s.channels, 1 | 3 | 4) {
+        return Err(Error::invalid(format!(
+            "channels must be 1 (grayscale), 3 (RGB) or 4 (RGBA), got {}",
+            s.channels
+        )));
+    }
     if let Codec::Zstd { level, .. } = opts.codec {
         if !(1..=22).contains(&level) {
             return Err(Error::invalid(format!(
@@ -234,7 +240,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     let geometry = Geometry {
         width: spec.width,
         height: spec.height,
-        channels: 3,
+        channels: spec.channels,
     };
     let threads = opts
         .jobs
@@ -314,7 +320,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
         geometry,
         dtype: "uint8".into(),
         layout: "HWC".into(),
-        channel_order: "RGB".into(),
+        channel_order: spec.channel_order().into(),
         codec: opts.codec,
         classes: folder.classes.clone(),
         num_samples,
@@ -323,6 +329,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
             resize: spec.mode.name().into(),
             interpolation: spec.interpolation.name().into(),
             pad_color: spec.pad_color,
+            exif_orientation: spec.exif_orientation,
             source: std::fs::canonicalize(src)
                 .unwrap_or_else(|_| src.to_path_buf())
                 .display()
