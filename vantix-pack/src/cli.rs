@@ -19,6 +19,8 @@ Examples:
   vantix-pack ./train --size 224 -o train.vtx                  ImageFolder -> 224x224 records
   vantix-pack ./train --size 256x192 --mode squash -o train.vtx   W x H, no crop
   vantix-pack ./train --size 64 --codec zstd --level 9 -o small.vtx
+  vantix-pack ./scans --size 256 --channels 1 -o scans.vtx       grayscale records (4: RGBA)
+  vantix-pack ./photos --size 224 --exif-orientation -o p.vtx    rotate as EXIF says first
   vantix-pack inspect train.vtx                                  classes, counts, geometry, sizes
   vantix-pack verify train.vtx                                   recompute every checksum
   vantix-pack preview train.vtx -o sheet.png --num 64            look at 64 packed images
