@@ -15,7 +15,7 @@ use std::sync::Once;
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 /// How an image is brought to the packed `W x H`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -413,13 +413,18 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32), 
 
 /// Decode an encoded image (format from its content) to 8-bit grey or RGB [`Pixels`]: grey
 /// (with or without alpha, 8 or 16 bits) stays one channel, everything else is converted to
-/// RGB as Pillow's `convert("RGB")` does. The EXIF orientation is not applied.
+/// RGB as Pillow's `convert("RGB")` does. The EXIF orientation is not applied (but a TIFF's
+/// is, as Pillow does: see [`decode_with`]).
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Pixels, String> {
     decode_with(bytes, max_pixels, false, false)
 }
 
 /// [`decode`], keeping the alpha channel of an image that has one (as RGBA, 4 channels) when
 /// `keep_alpha`, and applying the EXIF orientation when `exif_orientation`.
+///
+/// A TIFF's Orientation tag is applied either way: Pillow applies it when it loads a TIFF
+/// (`TiffImagePlugin` calls `exif_transpose` on load; checked with Pillow 13), so that is what
+/// torchvision sees.
 pub fn decode_with(
     bytes: &[u8],
     max_pixels: u64,
@@ -429,7 +434,8 @@ pub fn decode_with(
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
+    let format = reader.format();
+    if format.is_none() {
         return Err("not a recognised image format".into());
     }
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
@@ -447,7 +453,7 @@ pub fn decode_with(
     limits.max_alloc = Some((max_pixels * 16).max(512 << 20));
     decoder.set_limits(limits).map_err(|e| e.to_string())?;
     // Pillow's `exif_transpose` ignores an Orientation it cannot read: so does this.
-    let orientation = if exif_orientation {
+    let orientation = if exif_orientation || format == Some(ImageFormat::Tiff) {
         decoder.orientation().unwrap_or(Orientation::NoTransforms)
     } else {
         Orientation::NoTransforms
