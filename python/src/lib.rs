@@ -195,8 +195,8 @@ impl Transform {
         ratio: (f64, f64),
         center_crop: Option<(u32, u32)>,
         hflip: f64,
-        mean: Option<[f32; 3]>,
-        std: Option<[f32; 3]>,
+        mean: Option<Vec<f32>>,
+        std: Option<Vec<f32>>,
         dtype: &str,
         layout: &str,
     ) -> PyResult<Self> {
@@ -208,7 +208,6 @@ impl Transform {
         let layout = Layout::parse(layout).ok_or_else(|| {
             VantixError::new_err(format!("layout must be 'NHWC' or 'NCHW', got {layout:?}"))
         })?;
-        let d = vantix_read::Transform::default();
         Ok(Transform {
             inner: vantix_read::Transform {
                 random_crop,
@@ -218,17 +217,18 @@ impl Transform {
                 ratio,
                 center_crop,
                 hflip,
-                mean: mean.unwrap_or(d.mean),
-                std: std.unwrap_or(d.std),
+                mean: mean.unwrap_or_default(),
+                std: std.unwrap_or_default(),
                 dtype,
                 layout,
             },
         })
     }
 
-    /// Check the options against images of `height x width`.
-    fn validate(&self, height: u32, width: u32) -> PyResult<()> {
-        self.inner.validate(height, width).map_err(err)
+    /// Check the options against images of `height x width x channels`.
+    #[pyo3(signature = (height, width, channels=3))]
+    fn validate(&self, height: u32, width: u32, channels: u32) -> PyResult<()> {
+        self.inner.validate(height, width, channels).map_err(err)
     }
 
     fn __repr__(&self) -> String {
@@ -467,7 +467,7 @@ impl EpochIterator {
 
 /// Pack an ImageFolder (see `vantix.pack`). Returns a dict report.
 #[pyfunction]
-#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", part=None))]
+#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", part=None, channels=3, exif_orientation=false))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -489,6 +489,8 @@ fn pack<'py>(
     exact_decode: bool,
     filter: &str,
     part: Option<(u64, u64)>,
+    channels: u32,
+    exif_orientation: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     if let Some((index, count)) = part {
         vantix_pack::pack::check_part(index, count).map_err(err)?;
@@ -526,6 +528,8 @@ fn pack<'py>(
             pad_color: [pad_color.0, pad_color.1, pad_color.2],
             max_pixels,
             exact_decode,
+            channels,
+            exif_orientation,
         },
         codec,
         shard_size,

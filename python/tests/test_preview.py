@@ -165,7 +165,7 @@ def test_preview_errors_name_the_problem(packed, tmp_path):
     assert not (tmp_path / "y.png").exists()
     with pytest.raises(VantixError, match="3 images but 2 labels"):
         vantix.save_batch_grid(np.zeros((3, 4, 4, 3), np.uint8), [0, 1], tmp_path / "z.png")
-    with pytest.raises(VantixError, match="1 or 3 channels"):
-        vantix.save_batch_grid(np.zeros((3, 4, 4, 5), np.uint8), [0, 1, 2], tmp_path / "z.png")
+    with pytest.raises(VantixError, match="1, 3 or 4 channels"):
+        vantix.save_batch_grid(np.zeros((3, 5, 5, 2), np.uint8), [0, 1, 2], tmp_path / "z.png")
     with pytest.raises(VantixError, match="both mean and std"):
         vantix.save_batch_grid(np.zeros((1, 4, 4, 3)), [0], tmp_path / "z.png", mean=(0.5,))

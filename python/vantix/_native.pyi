@@ -82,12 +82,12 @@ class Transform:
         ratio: tuple[float, float] = ...,
         center_crop: Optional[tuple[int, int]] = None,
         hflip: float = 0.0,
-        mean: Optional[tuple[float, float, float]] = None,
-        std: Optional[tuple[float, float, float]] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
         dtype: str = "uint8",
         layout: str = "NHWC",
     ) -> Transform: ...
-    def validate(self, height: int, width: int) -> None: ...
+    def validate(self, height: int, width: int, channels: int = 3) -> None: ...
 
 @final
 class Loader:
@@ -151,6 +151,8 @@ def pack(
     exact_decode: bool = False,
     filter: str = "up",
     part: Optional[tuple[int, int]] = None,
+    channels: int = 3,
+    exif_orientation: bool = False,
 ) -> dict[str, Any]: ...
 def merge(
     parts: Sequence[_Path], dst: _Path, overwrite: bool = False, progress: bool = False

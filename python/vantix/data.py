@@ -34,14 +34,15 @@ def _torch() -> Any:
 class VantixDataset:
     """A packed dataset as a map-style dataset: ``ds[i] -> (image, label)``.
 
-    ``image`` is a new ``numpy.uint8`` array of shape ``(H, W, 3)`` (RGB) and ``label`` an
+    ``image`` is a new ``numpy.uint8`` array of shape ``(H, W, C)`` (``C`` = 3 for RGB, the
+    default; 1 or 4 for datasets packed with ``channels=1`` (grey) or ``4`` (RGBA)) and ``label`` an
     ``int``, unless ``transform`` / ``target_transform`` change them (as in torchvision). It
     works with a plain ``torch.utils.data.DataLoader``, with any number of workers (fork or
     spawn: it pickles as its path and reopens).
 
     Args:
         path: the dataset directory made by ``vantix-pack`` (e.g. ``"train.vtx"``).
-        transform: optional callable applied to each image (an ``(H, W, 3)`` uint8 array, so
+        transform: optional callable applied to each image (an ``(H, W, C)`` uint8 array, so
             a torchvision ``Compose`` starts with ``PIL.Image.fromarray`` or ``ToTensor()``).
         target_transform: optional callable applied to each label.
         verify: checksums checked before an image is returned: ``None`` (the default: lengths
@@ -61,7 +62,7 @@ class VantixDataset:
     Example::
 
         ds = VantixDataset("train.vtx")
-        image, label = ds[0]                     # uint8 (H, W, 3), int
+        image, label = ds[0]                     # uint8 (H, W, C), int
         loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=4)
     """
 
@@ -237,17 +238,25 @@ def _range_arg(name: str, value: Any) -> tuple[float, float]:
     return low, high
 
 
-def _channels_arg(name: str, value: Any) -> tuple[float, float, float]:
-    """One number per RGB channel (a single number is used for all three)."""
+#: Channel names of each packed channel count, as the manifest's ``channel_order``.
+_CHANNEL_ORDER = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _channels_arg(name: str, value: Any, channels: int = 3) -> list[float]:
+    """One number per channel of the packed images (a single number is used for all)."""
     try:
         values = [float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64))]
     except (TypeError, ValueError):
         values = []
     if len(values) == 1:
-        values *= 3
-    if len(values) != 3 or not all(np.isfinite(values)):
-        raise _native.VantixError(f"{name} must be 3 finite numbers (R, G, B), got {value!r}")
-    return values[0], values[1], values[2]
+        values *= channels
+    if len(values) != channels or not all(np.isfinite(values)):
+        order = ", ".join(_CHANNEL_ORDER.get(channels, "?" * channels))
+        raise _native.VantixError(
+            f"{name} must be {channels} finite number{'s' if channels > 1 else ''}, one per "
+            f"channel of the packed images ({order}), or a single number for all; got {value!r}"
+        )
+    return values
 
 
 def _dtype_arg(dtype: Any) -> str:
@@ -281,6 +290,7 @@ def _make_transform(
     dtype: Any,
     layout: Any,
     channels_last: bool,
+    channels: int = 3,
 ) -> Any:
     """The native transform for :class:`VantixLoader`'s options (``None``: plain batches)."""
     sizes = {
@@ -311,7 +321,7 @@ def _make_transform(
     scale, ratio = _range_arg("scale", scale), _range_arg("ratio", ratio)
     norm = None
     if mean is not None:
-        norm = (_channels_arg("mean", mean), _channels_arg("std", std))
+        norm = (_channels_arg("mean", mean, channels), _channels_arg("std", std, channels))
         if 0.0 in norm[1]:
             raise _native.VantixError(f"std must not contain 0, got {std!r}")
         if dtype_name == "uint8":
@@ -421,7 +431,8 @@ def train_val_split(
 class VantixLoader:
     """Shuffled, prefetched batches of a packed dataset, assembled in Rust.
 
-    Iterating yields ``(images, labels)``: images ``uint8`` of shape ``[B, H, W, 3]`` and labels
+    Iterating yields ``(images, labels)``: images ``uint8`` of shape ``[B, H, W, C]`` (``C`` the
+    packed channels: 3 for RGB, 1 for grey, 4 for RGBA) and labels
     ``int64`` of shape ``[B]``, as torch tensors when torch is importable (sharing memory with
     the batch buffer, no copy), numpy arrays otherwise. Optional augmentations and the output
     conversion (crop, flip, normalisation, dtype, layout) run in Rust while the batch is
@@ -455,21 +466,26 @@ class VantixLoader:
         padding: zeros added on every side before ``random_crop``.
         random_resized_crop: ``RandomResizedCrop(size, scale, ratio)``: an int or
             ``(height, width)``; a crop of random area and aspect ratio drawn with
-            torchvision's rule, resized to ``size`` (antialiased bilinear, Pillow's algorithm).
+            torchvision's rule, resized to ``size`` (antialiased bilinear, Pillow's algorithm;
+            every channel on its own, alpha included, as a tensor resize does).
         scale: range of the crop's area as a fraction of the packed image's.
         ratio: range of the crop's aspect ratio (width / height), drawn log-uniformly.
         center_crop: ``CenterCrop(size)``: an int or ``(height, width)``, for evaluation
             (zero padding where the crop is larger than the image). At most one of
             ``random_crop``, ``random_resized_crop`` and ``center_crop``.
         horizontal_flip: probability of a horizontal flip (``RandomHorizontalFlip(p)``).
-        mean: ``Normalize``'s mean per RGB channel on the 0-1 scale (3 numbers); needs ``std``
-            and a float ``dtype``.
-        std: ``Normalize``'s std per RGB channel on the 0-1 scale (3 non-zero numbers).
+        mean: ``Normalize``'s mean per channel on the 0-1 scale: one number per packed channel
+            (3 for RGB, 1 for grey, 4 for RGBA; a single number is used for every channel);
+            needs ``std`` and a float ``dtype``. There is no default: without ``mean``/``std``
+            float output is ``x / 255``, whatever the channel count (ImageNet's statistics are
+            never applied implicitly), and a wrong count is a ``VantixError``.
+        std: ``Normalize``'s std per channel on the 0-1 scale (one non-zero number per packed
+            channel, or a single number for all).
         dtype: ``"uint8"`` (pixel values), ``"float32"`` or ``"float16"`` (also a numpy or torch
             dtype). Float output is ``ToTensor()``'s ``x / 255``, then ``(x - mean) / std``
             with ``mean``/``std``, computed in float32 (float16 rounds that value).
-        layout: ``"NHWC"`` (``[B, H, W, 3]``, the packed layout) or ``"NCHW"``
-            (``[B, 3, H, W]``, contiguous channel planes).
+        layout: ``"NHWC"`` (``[B, H, W, C]``, the packed layout) or ``"NCHW"``
+            (``[B, C, H, W]``, contiguous channel planes).
         channels_last: with ``layout="NCHW"``, assemble NHWC and return it as an NCHW-shaped
             view (``permute(0, 3, 1, 2)``, no copy) that is contiguous in
             ``torch.channels_last`` memory format (a transposed array without torch).
@@ -543,8 +559,8 @@ class VantixLoader:
         ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
         center_crop: Union[int, tuple[int, int], None] = None,
         horizontal_flip: float = 0.0,
-        mean: Optional[tuple[float, float, float]] = None,
-        std: Optional[tuple[float, float, float]] = None,
+        mean: Union[float, Sequence[float], None] = None,
+        std: Union[float, Sequence[float], None] = None,
         dtype: Any = "uint8",
         layout: str = "NHWC",
         channels_last: bool = False,
@@ -593,6 +609,7 @@ class VantixLoader:
             dtype,
             layout,
             self.channels_last,
+            self.dataset.shape[2],
         )
         if order not in ("random", "block"):
             raise _native.VantixError(f"order must be 'random' or 'block', got {order!r}")

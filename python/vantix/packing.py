@@ -70,12 +70,15 @@ def pack(
     exact_decode: bool = False,
     filter: str = "up",
     part: tuple[int, int] | None = None,
+    channels: int = 3,
+    exif_orientation: bool = False,
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
     Files, classes and labels are exactly those of ``torchvision.datasets.ImageFolder(src)``.
     Every image is decoded (by content, not extension), converted to RGB as Pillow's
-    ``convert("RGB")`` does (16-bit images are scaled, not clipped) and resized once.
+    ``convert("RGB")`` does (16-bit images are scaled, not clipped), or to grey or RGBA with
+    ``channels``, and resized once.
 
     Args:
         src: ImageFolder root: ``src/<class>/**/<image>``.
@@ -85,7 +88,8 @@ def pack(
             ``"squash"`` (straight to the size) or ``"pad"`` (fit inside, pad with ``pad_color``).
         interpolation: ``"bilinear"`` (torchvision's default), ``"bicubic"``, ``"lanczos"``,
             ``"nearest"``, ``"box"`` or ``"hamming"``; antialiased like Pillow.
-        pad_color: RGB fill for ``mode="pad"``.
+        pad_color: RGB fill for ``mode="pad"`` (with ``channels=1`` its luma, with
+            ``channels=4`` that colour, opaque).
         codec: ``"raw"`` (fastest reads) or ``"zstd"`` (smaller, compressed with ``level``).
         level: zstd level, 1-22.
         filter: with ``codec="zstd"``, the prediction filter applied to each record before
@@ -104,6 +108,14 @@ def pack(
             per machine (``--part I/N``): every part scans the whole tree (classes and labels
             are the whole tree's) and packs one contiguous slice of the sorted file list. Join
             the parts with :func:`merge`. ``None`` (default) packs everything.
+        channels: channels of the packed images: ``3`` (RGB, ``convert("RGB")``), ``1``
+            (grayscale, Pillow's ``convert("L")``: ITU-R 601-2 luma, bit-exact) or ``4`` (RGBA,
+            ``convert("RGBA")``: opaque 255 alpha for images without one; resized with
+            premultiplied alpha, as Pillow resizes RGBA). Recorded in the manifest as
+            ``channel_order`` ``"L"``, ``"RGB"`` or ``"RGBA"``.
+        exif_orientation: apply the EXIF Orientation tag (all eight rotations and flips, as
+            Pillow's ``ImageOps.exif_transpose``) before resizing. Off by default, as
+            torchvision, which ignores the tag.
 
     Returns:
         A :class:`PackReport`. Skipped files are also printed to stderr and listed in the
@@ -114,6 +126,10 @@ def pack(
             ``overwrite``, or (with ``strict``) the first unreadable image.
     """
     width, height = _size_to_wh(size)
+    if isinstance(channels, bool) or channels not in (1, 3, 4):
+        raise _native.VantixError(
+            f"channels must be 1 (grayscale), 3 (RGB) or 4 (RGBA), got {channels!r}"
+        )
     colour = [int(v) for v in pad_color]
     if len(colour) != 3:
         raise _native.VantixError(f"pad_color must be 3 values (R, G, B), got {pad_color!r}")
@@ -138,6 +154,8 @@ def pack(
         exact_decode=exact_decode,
         filter=filter,
         part=None if part is None else _part(part),
+        channels=int(channels),
+        exif_orientation=bool(exif_orientation),
     )
     return _report(r)
 

@@ -34,8 +34,8 @@ def _channels(name: str, value: Any, n: int) -> np.ndarray:
 
 def batch_to_uint8(
     images: Any,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
+    mean: Union[float, Sequence[float], None] = None,
+    std: Union[float, Sequence[float], None] = None,
     layout: Optional[str] = None,
 ) -> np.ndarray:
     """A batch as ``uint8`` ``[B, H, W, C]`` numpy pixels, undoing the loader's output conversion.
@@ -43,12 +43,13 @@ def batch_to_uint8(
     Args:
         images: a batch as :class:`VantixLoader` (or a ``DataLoader``) yields it: a numpy array
             or torch tensor (any device) of shape ``[B, H, W, C]`` or ``[B, C, H, W]``, with
-            ``C`` = 1 or 3. ``uint8`` is taken as pixel values; floating point as
+            ``C`` = 1 (grey), 3 (RGB) or 4 (RGBA: drawn over a checkerboard on the sheet).
+            ``uint8`` is taken as pixel values; floating point as
             ``ToTensor()`` output (0-1), or as ``Normalize(mean, std)`` output when ``mean``
             and ``std`` are given.
         mean: ``Normalize``'s mean per channel (0-1 scale) to undo: ``x * std + mean``.
         std: ``Normalize``'s std per channel (0-1 scale).
-        layout: ``"NHWC"`` or ``"NCHW"``; by default ``NCHW`` when dimension 1 has 1 or 3
+        layout: ``"NHWC"`` or ``"NCHW"``; by default ``NCHW`` when dimension 1 has 1, 3 or 4
             entries and the last one does not, else ``NHWC``.
 
     Returns:
@@ -56,22 +57,22 @@ def batch_to_uint8(
         rounded and clipped to 0-255.
 
     Raises:
-        VantixError: the batch is not 4-D, ``C`` is not 1 or 3, or only one of ``mean``/``std``
+        VantixError: the batch is not 4-D, ``C`` is not 1, 3 or 4, or only one of ``mean``/``std``
             is given.
     """
     arr = _to_numpy(images)
     if arr.ndim != 4:
         raise _native.VantixError(f"expected a batch [B, H, W, C] or [B, C, H, W], got {arr.shape}")
     if layout is None:
-        layout = "NCHW" if arr.shape[1] in (1, 3) and arr.shape[3] not in (1, 3) else "NHWC"
+        layout = "NCHW" if arr.shape[1] in (1, 3, 4) and arr.shape[3] not in (1, 3, 4) else "NHWC"
     layout = layout.upper()
     if layout == "NCHW":
         arr = arr.transpose(0, 2, 3, 1)
     elif layout != "NHWC":
         raise _native.VantixError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
     c = arr.shape[3]
-    if c not in (1, 3):
-        raise _native.VantixError(f"images must have 1 or 3 channels, got shape {arr.shape}")
+    if c not in (1, 3, 4):
+        raise _native.VantixError(f"images must have 1, 3 or 4 channels, got shape {arr.shape}")
     if (mean is None) != (std is None):
         raise _native.VantixError("give both mean and std (to undo Normalize), or neither")
     if arr.dtype == np.uint8:
@@ -89,8 +90,8 @@ def save_batch_grid(
     labels: Any,
     path: PathLike,
     classes: Optional[Sequence[str]] = None,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
+    mean: Union[float, Sequence[float], None] = None,
+    std: Union[float, Sequence[float], None] = None,
     layout: Optional[str] = None,
     columns: Optional[int] = None,
     scale: Optional[int] = None,

@@ -44,6 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             resize: "squash".into(),
             interpolation: "bilinear".into(),
             pad_color: [0; 3],
+            exif_orientation: false,
             source: "synthetic".into(),
             source_files: n,
             source_list_xxh3: String::new(),

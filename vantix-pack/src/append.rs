@@ -183,6 +183,8 @@ fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOpt
             pad_color: m.pack.pad_color,
             max_pixels: m.pack.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS),
             exact_decode: m.pack.exact_decode,
+            channels: m.geometry.channels,
+            exif_orientation: m.pack.exif_orientation,
         },
         codec: m.codec,
         shard_size: opts.shard_size,
@@ -290,7 +292,7 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
     let geometry = Geometry {
         width: manifest.geometry.width,
         height: manifest.geometry.height,
-        channels: 3,
+        channels: manifest.geometry.channels,
     };
     let next_shard = manifest
         .shards

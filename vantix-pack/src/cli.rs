@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 use vantix_read::{Codec, Dataset, Filter};
 
@@ -20,6 +21,8 @@ Examples:
   vantix-pack ./train --size 224 -o train.vtx                  ImageFolder -> 224x224 records
   vantix-pack ./train --size 256x192 --mode squash -o train.vtx   W x H, no crop
   vantix-pack ./train --size 64 --codec zstd --level 9 -o small.vtx
+  vantix-pack ./scans --size 256 --channels 1 -o scans.vtx       grayscale records (4: RGBA)
+  vantix-pack ./photos --size 224 --exif-orientation -o p.vtx    rotate as EXIF says first
   vantix-pack inspect train.vtx                                  classes, counts, geometry, sizes
   vantix-pack verify train.vtx                                   recompute every checksum
   vantix-pack preview train.vtx -o sheet.png --num 64            look at 64 packed images
@@ -42,7 +45,7 @@ Run `vantix-pack <COMMAND> --help` for the options of inspect, verify, preview, 
     about = "Pack a torchvision ImageFolder into a Vantix dataset (decode and resize once, read fast forever).",
     long_about = "Pack a torchvision ImageFolder (SRC/<class>/**/<image>, one sub-folder per class) into \
 a Vantix dataset: every image is decoded (JPEG, PNG, BMP, TIFF, WebP, GIF, PPM, by content), converted to \
-RGB and resized once, in parallel, and written to fixed-size records in memory-mappable shards. Classes, \
+RGB (or grayscale/RGBA with --channels) and resized once, in parallel, and written to fixed-size records in memory-mappable shards. Classes, \
 files and labels are exactly those torchvision.datasets.ImageFolder(SRC) finds. Unreadable images are \
 skipped and reported (or fail the pack with --strict). The output directory appears atomically. \
 Read it from Python with vantix.VantixLoader(\"OUT.vtx\").",
@@ -188,7 +191,7 @@ struct PackArgs {
     #[arg(long, default_value = "bilinear",
           value_parser = ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"])]
     interpolation: String,
-    /// Padding colour for --mode pad, as R,G,B.
+    /// Padding colour for --mode pad, as R,G,B (with --channels 1 its luma, with 4 opaque).
     #[arg(long, default_value = "0,0,0", value_parser = parse_color)]
     pad_color: [u8; 3],
     /// Record codec: raw (fixed stride, fastest reads) or zstd (smaller).
@@ -227,6 +230,15 @@ struct PackArgs {
     /// `vantix-pack merge`.
     #[arg(long, value_name = "I/N", value_parser = parse_part)]
     part: Option<(u64, u64)>,
+    /// Channels of the packed images: 3 (RGB, Pillow's convert("RGB")), 1 (grayscale,
+    /// convert("L"): ITU-R 601-2 luma) or 4 (RGBA, convert("RGBA"): images without alpha get
+    /// an opaque 255; resized with premultiplied alpha, as Pillow).
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::PossibleValuesParser::new(["1", "3", "4"]).map(|s| s.parse::<u32>().unwrap()))]
+    channels: u32,
+    /// Apply the EXIF Orientation tag (rotate/flip as Pillow's ImageOps.exif_transpose) before
+    /// resizing. Off by default, as torchvision, which ignores it.
+    #[arg(long)]
+    exif_orientation: bool,
     /// No progress bar and no summary.
     #[arg(short, long)]
     quiet: bool,
@@ -299,6 +311,8 @@ impl PackArgs {
                 pad_color: self.pad_color,
                 max_pixels: self.max_pixels,
                 exact_decode: self.exact_decode,
+                channels: self.channels,
+                exif_orientation: self.exif_orientation,
             },
             codec: if self.codec == "zstd" {
                 Codec::Zstd {

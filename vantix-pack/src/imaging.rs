@@ -1,5 +1,7 @@
 //! Decode one source file and resize it to the packed geometry, matching what torchvision does
-//! with a PIL image (`Image.open(f).convert("RGB")`, then `Resize`/`CenterCrop`).
+//! with a PIL image (`Image.open(f).convert("RGB")`, then `Resize`/`CenterCrop`; with
+//! [`ResizeSpec::channels`] 1 or 4, `convert("L")` or `convert("RGBA")` instead, and with
+//! [`ResizeSpec::exif_orientation`], `ImageOps.exif_transpose` first).
 //!
 //! Deliberate differences from Pillow, documented in the README:
 //! - 16-bit images are scaled to 8 bits (`v / 257`, rounded). Pillow's `convert("RGB")` clips
@@ -12,7 +14,8 @@ use std::sync::Once;
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
 /// How an image is brought to the packed `W x H`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +106,80 @@ pub struct ResizeSpec {
     pub max_pixels: u64,
     /// Decode JPEGs at full size even when a DCT-scaled decode (1/2, 1/4, 1/8) would do.
     pub exact_decode: bool,
+    /// Channels of a packed record: 1 (grey, Pillow's `convert("L")`), 3 (RGB,
+    /// `convert("RGB")`) or 4 (RGBA, `convert("RGBA")`, resized with premultiplied alpha).
+    pub channels: u32,
+    /// Apply the EXIF Orientation tag (1-8) before anything else, as Pillow's
+    /// `ImageOps.exif_transpose`; off by default, as torchvision (which ignores it).
+    pub exif_orientation: bool,
+}
+
+impl ResizeSpec {
+    /// The pad colour as one pixel of the packed channel order: RGB as given, grey = its luma
+    /// ([`luma`]), RGBA = RGB with an opaque alpha (255).
+    pub fn pad_pixel(&self) -> Vec<u8> {
+        let [r, g, b] = self.pad_color;
+        match self.channels {
+            1 => vec![luma(r, g, b)],
+            4 => vec![r, g, b, 255],
+            _ => vec![r, g, b],
+        }
+    }
+
+    /// The manifest's `channel_order` for [`Self::channels`].
+    pub fn channel_order(&self) -> &'static str {
+        channel_order(self.channels)
+    }
+}
+
+/// `channel_order` of a record with `channels` channels: `"L"`, `"RGB"` or `"RGBA"`.
+pub fn channel_order(channels: u32) -> &'static str {
+    match channels {
+        1 => "L",
+        4 => "RGBA",
+        _ => "RGB",
+    }
+}
+
+/// Pillow's `convert("L")` of one RGB pixel: ITU-R 601-2 luma `L = R * 299/1000 + G * 587/1000
+/// + B * 114/1000`, computed as Pillow computes it, in 16-bit fixed point with rounding:
+/// `(19595 R + 38470 G + 7471 B + 0x8000) >> 16` (checked against Pillow 13 on all 2^24 colours).
+pub fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
+}
+
+/// Luma of every pixel of interleaved RGB (`stride` 3) or RGBA (`stride` 4, alpha ignored, as
+/// Pillow's `RGBA -> L`).
+fn to_luma(px: &[u8], stride: usize) -> Vec<u8> {
+    px.chunks_exact(stride)
+        .map(|p| luma(p[0], p[1], p[2]))
+        .collect()
+}
+
+/// Pillow's `RGBA -> RGBa`: every colour multiplied by alpha / 255, rounded as Pillow's
+/// `MULDIV255` (`t = c * a + 128; ((t >> 8) + t) >> 8`, exact rounding of `c * a / 255`).
+fn premultiply(rgba: &mut [u8]) {
+    for p in rgba.chunks_exact_mut(4) {
+        let a = p[3] as u32;
+        for c in &mut p[..3] {
+            let t = *c as u32 * a + 128;
+            *c = (((t >> 8) + t) >> 8) as u8;
+        }
+    }
+}
+
+/// Pillow's `RGBa -> RGBA`: colours divided by alpha / 255, truncated and clipped at 255;
+/// alpha 0 and 255 leave the colours as they are (checked against Pillow 13 on every
+/// colour/alpha pair).
+fn unpremultiply(rgba: &mut [u8]) {
+    for p in rgba.chunks_exact_mut(4) {
+        let a = p[3] as u32;
+        if a != 0 && a != 255 {
+            for c in &mut p[..3] {
+                *c = (255 * *c as u32 / a).min(255) as u8;
+            }
+        }
+    }
 }
 
 /// Pillow's `Image.MAX_IMAGE_PIXELS * 2`, the size at which Pillow refuses to open an image.
@@ -143,8 +220,8 @@ fn pixel_type(channels: usize) -> Result<PixelType, String> {
     }
 }
 
-/// One resize of an 8-bit image with `fast_image_resize` (1, 3 or 4 interleaved channels;
-/// 4 channels are resized with premultiplied alpha, as Pillow resizes RGBA).
+/// One resize of an 8-bit image with `fast_image_resize` (1, 3 or 4 interleaved channels, each
+/// resized on its own: 4 channels must already be premultiplied, see [`resize_pixels`]).
 fn resize_once(
     src: Vec<u8>,
     (src_w, src_h): (u32, u32),
@@ -155,7 +232,9 @@ fn resize_once(
     let pt = pixel_type(channels)?;
     let src_img = Image::from_vec_u8(src_w, src_h, src, pt).map_err(|e| e.to_string())?;
     let mut dst = Image::new(dst_w, dst_h, pt);
-    let opts = ResizeOptions::new().resize_alg(interpolation.alg());
+    let opts = ResizeOptions::new()
+        .resize_alg(interpolation.alg())
+        .use_alpha(false);
     RESIZER
         .with(|r| r.borrow_mut().resize(&src_img, &mut dst, &opts))
         .map_err(|e| e.to_string())?;
@@ -215,7 +294,24 @@ fn grey_to_rgb(grey: &[u8]) -> Vec<u8> {
     grey.iter().flat_map(|&v| [v, v, v]).collect()
 }
 
-/// Resize an RGB image to `spec` (HWC uint8, `width * height * 3` bytes).
+/// Pixels of `from` channels (1 or 3, opaque) as `to` channels, for the conversions that are
+/// exact after a resize (channels are resized independently, and an opaque image is resized
+/// with alpha 255 everywhere, which premultiplying leaves unchanged): grey is replicated, an
+/// opaque alpha (255) is appended.
+fn expand_channels(px: Vec<u8>, from: usize, to: usize) -> Result<Vec<u8>, String> {
+    Ok(match (from, to) {
+        (f, t) if f == t => px,
+        (1, 3) => grey_to_rgb(&px),
+        (1, 4) => px.iter().flat_map(|&v| [v, v, v, 255]).collect(),
+        (3, 4) => px
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
+        (f, t) => return Err(format!("cannot pack an image with {f} channels as {t}")),
+    })
+}
+
+/// Resize an RGB image to `spec` (HWC uint8, `width * height * spec.channels` bytes).
 pub fn resize_rgb(
     src: Vec<u8>,
     src_w: u32,
@@ -228,64 +324,74 @@ pub fn resize_rgb(
         height: src_h,
         channels: 3,
     };
-    resize_pixels(px, (src_w, src_h), spec)
+    resize_pixels(to_channels(px, spec.channels), (src_w, src_h), spec)
 }
 
-/// Bring decoded pixels to the packed `spec` geometry as RGB (HWC uint8, `W * H * 3` bytes).
+/// Bring decoded pixels (already in the colour space of [`to_channels`]) to the packed `spec`
+/// geometry as `spec.channels` channels (HWC uint8, `W * H * C` bytes).
 ///
 /// The resize geometry (torchvision's truncation rule, the crop offsets) comes from the
 /// `original` size of the file, so an image decoded at a reduced DCT scale lands on exactly the
 /// same intermediate size as a full-size decode. A grey image is resized as one channel and
 /// replicated afterwards: the same pixels as replicating first (channels are resized
-/// independently), at a third of the cost.
+/// independently), at a third of the cost; an opaque image packed as RGBA is resized without
+/// its (constant) alpha, which is appended afterwards. An image with an alpha channel is
+/// resized as Pillow resizes RGBA: premultiplied (`RGBa`), resized, divided back, with Pillow's
+/// rounding at both ends; `nearest` and a resize to the same size leave it as it is.
 pub fn resize_pixels(
-    px: Pixels,
+    mut px: Pixels,
     original: (u32, u32),
     spec: &ResizeSpec,
 ) -> Result<Vec<u8>, String> {
     let (nw, nh) = resized_size(original.0, original.1, spec);
-    let resized = resample(
+    let premultiplied = px.channels == 4
+        && (px.width, px.height) != (nw, nh)
+        && spec.interpolation != Interpolation::Nearest;
+    if premultiplied {
+        premultiply(&mut px.data);
+    }
+    let mut resized = resample(
         px.data,
         (px.width, px.height),
         (nw, nh),
         px.channels,
         spec.interpolation,
     )?;
-    let resized = match px.channels {
-        3 => resized,
-        1 => grey_to_rgb(&resized),
-        c => return Err(format!("cannot pack an image with {c} channels as RGB")),
-    };
+    if premultiplied {
+        unpremultiply(&mut resized);
+    }
+    let c = spec.channels as usize;
+    let resized = expand_channels(resized, px.channels, c)?;
     let (tw, th) = (spec.width, spec.height);
     if (nw, nh) == (tw, th) {
         return Ok(resized);
     }
-    let row = 3 * tw as usize;
+    let row = c * tw as usize;
     let mut out = Vec::with_capacity(row * th as usize);
     match spec.mode {
         ResizeMode::Squash => unreachable!("squash always resizes to the target"),
         ResizeMode::CenterCrop => {
             let top = half_round_even(nh - th) as usize;
             let left = half_round_even(nw - tw) as usize;
-            let src_row = 3 * nw as usize;
+            let src_row = c * nw as usize;
             for y in top..top + th as usize {
-                let s = y * src_row + 3 * left;
+                let s = y * src_row + c * left;
                 out.extend_from_slice(&resized[s..s + row]);
             }
         }
         ResizeMode::Pad => {
             let top = half_round_even(th - nh) as usize;
             let left = half_round_even(tw - nw) as usize;
-            let fill: Vec<u8> = spec.pad_color.iter().copied().cycle().take(row).collect();
-            let src_row = 3 * nw as usize;
+            let fill: Vec<u8> = spec.pad_pixel().into_iter().cycle().take(row).collect();
+            let src_row = c * nw as usize;
             for y in 0..th as usize {
                 if y < top || y >= top + nh as usize {
                     out.extend_from_slice(&fill);
                 } else {
                     let s = (y - top) * src_row;
-                    out.extend_from_slice(&fill[..3 * left]);
+                    out.extend_from_slice(&fill[..c * left]);
                     out.extend_from_slice(&resized[s..s + src_row]);
-                    out.extend_from_slice(&fill[..row - 3 * left - src_row]);
+                    out.extend_from_slice(&fill[..row - c * left - src_row]);
                 }
             }
         }
@@ -307,12 +413,29 @@ pub fn decode_rgb(bytes: &[u8], max_pixels: u64) -> Result<(Vec<u8>, u32, u32), 
 
 /// Decode an encoded image (format from its content) to 8-bit grey or RGB [`Pixels`]: grey
 /// (with or without alpha, 8 or 16 bits) stays one channel, everything else is converted to
-/// RGB as Pillow's `convert("RGB")` does.
+/// RGB as Pillow's `convert("RGB")` does. The EXIF orientation is not applied (but a TIFF's
+/// is, as Pillow does: see [`decode_with`]).
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Pixels, String> {
+    decode_with(bytes, max_pixels, false, false)
+}
+
+/// [`decode`], keeping the alpha channel of an image that has one (as RGBA, 4 channels) when
+/// `keep_alpha`, and applying the EXIF orientation when `exif_orientation`.
+///
+/// A TIFF's Orientation tag is applied either way: Pillow applies it when it loads a TIFF
+/// (`TiffImagePlugin` calls `exif_transpose` on load; checked with Pillow 13), so that is what
+/// torchvision sees.
+pub fn decode_with(
+    bytes: &[u8],
+    max_pixels: u64,
+    keep_alpha: bool,
+    exif_orientation: bool,
+) -> Result<Pixels, String> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
+    let format = reader.format();
+    if format.is_none() {
         return Err("not a recognised image format".into());
     }
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
@@ -329,14 +452,24 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<Pixels, String> {
     let mut limits = Limits::default();
     limits.max_alloc = Some((max_pixels * 16).max(512 << 20));
     decoder.set_limits(limits).map_err(|e| e.to_string())?;
+    // Pillow's `exif_transpose` ignores an Orientation it cannot read: so does this.
+    let orientation = if exif_orientation || format == Some(ImageFormat::Tiff) {
+        decoder.orientation().unwrap_or(Orientation::NoTransforms)
+    } else {
+        Orientation::NoTransforms
+    };
     let img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
-    Ok(to_pixels(img))
+    Ok(orient(to_pixels(img, keep_alpha), orientation))
 }
 
-/// 8-bit grey (alpha dropped) or RGB, as `convert("RGB")` sees it before replicating grey.
-fn to_pixels(img: DynamicImage) -> Pixels {
+/// 8-bit grey (alpha dropped) or RGB, as `convert("RGB")` sees it before replicating grey; with
+/// `keep_alpha`, an image with an alpha channel becomes RGBA (grey replicated), as
+/// `convert("RGBA")`.
+fn to_pixels(img: DynamicImage, keep_alpha: bool) -> Pixels {
     let (width, height) = (img.width(), img.height());
     let (data, channels) = match img {
+        DynamicImage::ImageRgba8(i) if keep_alpha => (i.into_raw(), 4),
+        a if keep_alpha && a.color().has_alpha() => (a.to_rgba8().into_raw(), 4),
         DynamicImage::ImageRgb8(i) => (i.into_raw(), 3),
         DynamicImage::ImageLuma8(i) => (i.into_raw(), 1),
         g @ (DynamicImage::ImageLumaA8(_)
@@ -349,6 +482,76 @@ fn to_pixels(img: DynamicImage) -> Pixels {
         width,
         height,
         channels,
+    }
+}
+
+/// Decoded pixels (grey, RGB or RGBA) brought to the colour space a record of `channels`
+/// channels is resized in: colour to grey by [`luma`] for 1 channel (before the resize, as
+/// `convert("L")` comes before `Resize`); alpha dropped for 3. Grey stays grey (replicated
+/// after the resize) and an opaque image stays without alpha (added after the resize).
+pub fn to_channels(px: Pixels, channels: u32) -> Pixels {
+    let data = match (px.channels, channels) {
+        (3 | 4, 1) => to_luma(&px.data, px.channels),
+        (4, 3) => px
+            .data
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        _ => return px,
+    };
+    Pixels {
+        channels: if channels == 1 { 1 } else { 3 },
+        data,
+        ..px
+    }
+}
+
+/// `true` for the EXIF orientations that swap width and height (5 to 8).
+fn transposes(o: Orientation) -> bool {
+    matches!(
+        o,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// Apply an EXIF orientation to interleaved pixels (any channel count), as Pillow's
+/// `ImageOps.exif_transpose`: 2 `FLIP_LEFT_RIGHT`, 3 `ROTATE_180`, 4 `FLIP_TOP_BOTTOM`,
+/// 5 `TRANSPOSE`, 6 `ROTATE_270` (90 degrees clockwise), 7 `TRANSVERSE`, 8 `ROTATE_90`.
+pub fn orient(px: Pixels, o: Orientation) -> Pixels {
+    if o == Orientation::NoTransforms {
+        return px;
+    }
+    let (w, h, c) = (px.width as usize, px.height as usize, px.channels);
+    let (ow, oh) = if transposes(o) { (h, w) } else { (w, h) };
+    let mut data = vec![0u8; px.data.len()];
+    // Source (column, row) of output pixel (x, y).
+    let src = |x: usize, y: usize| -> (usize, usize) {
+        match o {
+            Orientation::NoTransforms => (x, y),
+            Orientation::FlipHorizontal => (w - 1 - x, y),
+            Orientation::Rotate180 => (w - 1 - x, h - 1 - y),
+            Orientation::FlipVertical => (x, h - 1 - y),
+            Orientation::Rotate90FlipH => (y, x),
+            Orientation::Rotate90 => (y, h - 1 - x),
+            Orientation::Rotate270FlipH => (w - 1 - y, h - 1 - x),
+            Orientation::Rotate270 => (w - 1 - y, x),
+        }
+    };
+    for (y, row) in data.chunks_exact_mut(ow * c).enumerate() {
+        for (x, d) in row.chunks_exact_mut(c).enumerate() {
+            let (sx, sy) = src(x, y);
+            let s = (sy * w + sx) * c;
+            d.copy_from_slice(&px.data[s..s + c]);
+        }
+    }
+    Pixels {
+        data,
+        width: ow as u32,
+        height: oh as u32,
+        channels: c,
     }
 }
 
@@ -380,7 +583,16 @@ pub const DCT_REDUCING_GAP: u64 = 2;
 /// Pixels decoded at a reduced scale, and the full size of the file they came from.
 type ScaledJpeg = (Pixels, (u32, u32));
 
-/// Decode a JPEG at `eighths`/8 of its size with the IDCT scaled (`jpeg-decoder`), to RGB.
+/// The EXIF orientation recorded in a JPEG's APP1 segment (1 when there is none or it cannot
+/// be read).
+fn jpeg_orientation<R: std::io::Read>(dec: &jpeg_decoder::Decoder<R>) -> Orientation {
+    dec.exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms)
+}
+
+/// Decode a JPEG at `eighths`/8 of its size with the IDCT scaled (`jpeg-decoder`), to RGB
+/// (oriented when `spec.exif_orientation`; the returned full size is then the oriented one).
 /// `None` when this path does not apply (not a JPEG it handles: 12-bit, CMYK, or a header it
 /// rejects); the caller then decodes at full size as usual, so nothing is lost.
 fn decode_jpeg_scaled(bytes: &[u8], spec: &ResizeSpec) -> Option<Result<ScaledJpeg, String>> {
@@ -403,7 +615,19 @@ fn decode_jpeg_scaled(bytes: &[u8], spec: &ResizeSpec) -> Option<Result<ScaledJp
         jpeg_decoder::PixelFormat::RGB24 => 3,
         _ => return None,
     };
-    let eighths = dct_scale(w, h, spec)?;
+    // The EXIF segment normally comes before the frame header, so `read_info` has seen it;
+    // it is checked again after decoding, and a late one sends the file to the full-size path.
+    let orientation = if spec.exif_orientation {
+        jpeg_orientation(&dec)
+    } else {
+        Orientation::NoTransforms
+    };
+    let (ow, oh) = if transposes(orientation) {
+        (h, w)
+    } else {
+        (w, h)
+    };
+    let eighths = dct_scale(ow, oh, spec)?;
     let want = |len: u32| ((len as u64 * eighths as u64).div_ceil(8)) as u16;
     let (sw, sh) = match dec.scale(want(w), want(h)) {
         Ok((sw, sh)) if (sw, sh) == (want(w), want(h)) => (sw as u32, sh as u32),
@@ -420,13 +644,16 @@ fn decode_jpeg_scaled(bytes: &[u8], spec: &ResizeSpec) -> Option<Result<ScaledJp
             pixels.len()
         )));
     }
+    if spec.exif_orientation && jpeg_orientation(&dec) != orientation {
+        return None;
+    }
     let px = Pixels {
         data: pixels,
         width: sw,
         height: sh,
         channels,
     };
-    Some(Ok((px, (w, h))))
+    Some(Ok((orient(px, orientation), (ow, oh))))
 }
 
 /// Decode and resize one file's bytes into a packed record. A panic inside a decoder (they can
@@ -439,12 +666,17 @@ pub fn process(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
         let (px, original) = match decode_jpeg_scaled(bytes, spec) {
             Some(decoded) => decoded?,
             None => {
-                let px = decode(bytes, spec.max_pixels)?;
+                let px = decode_with(
+                    bytes,
+                    spec.max_pixels,
+                    spec.channels == 4,
+                    spec.exif_orientation,
+                )?;
                 let size = (px.width, px.height);
                 (px, size)
             }
         };
-        resize_pixels(px, original, spec)
+        resize_pixels(to_channels(px, spec.channels), original, spec)
     })
 }
 
@@ -511,6 +743,8 @@ mod tests {
             pad_color: [1, 2, 3],
             max_pixels: DEFAULT_MAX_PIXELS,
             exact_decode: false,
+            channels: 3,
+            exif_orientation: false,
         }
     }
 
@@ -588,6 +822,112 @@ mod tests {
         assert_eq!(out.len(), 4 * 4 * 3);
         assert_eq!(&out[..3], &[1, 2, 3]);
         assert_eq!(&out[4 * 3..4 * 3 + 3], &[200, 200, 200]);
+    }
+
+    #[test]
+    fn luma_is_pillows_rounded_fixed_point() {
+        assert_eq!(luma(0, 0, 0), 0);
+        assert_eq!(luma(255, 255, 255), 255);
+        // 0.299 * 255 = 76.245, 0.587 * 255 = 149.685, 0.114 * 255 = 29.07.
+        assert_eq!(
+            (luma(255, 0, 0), luma(0, 255, 0), luma(0, 0, 255)),
+            (76, 150, 29)
+        );
+        for v in 0..=255u8 {
+            assert_eq!(luma(v, v, v), v);
+        }
+    }
+
+    #[test]
+    fn pad_colour_in_every_channel_order() {
+        let s = |channels| ResizeSpec {
+            channels,
+            pad_color: [255, 0, 0],
+            ..spec(4, 4, ResizeMode::Pad)
+        };
+        assert_eq!(s(1).pad_pixel(), vec![76]);
+        assert_eq!(s(3).pad_pixel(), vec![255, 0, 0]);
+        assert_eq!(s(4).pad_pixel(), vec![255, 0, 0, 255]);
+        let px = Pixels {
+            data: vec![200; 4 * 2],
+            width: 4,
+            height: 2,
+            channels: 1,
+        };
+        let out = resize_pixels(px.clone(), (4, 2), &s(4)).unwrap();
+        assert_eq!(out.len(), 4 * 4 * 4);
+        assert_eq!(&out[..4], &[255, 0, 0, 255]);
+        assert_eq!(&out[16..20], &[200, 200, 200, 255]);
+        let out = resize_pixels(px, (4, 2), &s(1)).unwrap();
+        assert_eq!((out[0], out[4], out.len()), (76, 200, 16));
+    }
+
+    #[test]
+    fn opaque_rgba_resizes_as_rgb_with_alpha_255() {
+        let rgb: Vec<u8> = (0..37 * 23 * 3).map(|i| ((i * 53) % 256) as u8).collect();
+        let rgba: Vec<u8> = rgb
+            .chunks(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        let s = ResizeSpec {
+            channels: 4,
+            interpolation: Interpolation::Bicubic,
+            ..spec(11, 9, ResizeMode::CenterCrop)
+        };
+        let as_rgb = resize_rgb(rgb, 37, 23, &s).unwrap();
+        let px = Pixels {
+            data: rgba,
+            width: 37,
+            height: 23,
+            channels: 4,
+        };
+        assert_eq!(resize_pixels(px, (37, 23), &s).unwrap(), as_rgb);
+        assert_eq!(as_rgb.len(), 11 * 9 * 4);
+    }
+
+    #[test]
+    fn premultiply_round_trip_is_pillows() {
+        let mut px = vec![200, 100, 0, 128, 10, 20, 30, 0, 7, 8, 9, 255];
+        premultiply(&mut px);
+        // 200 * 128 / 255 = 100.4 -> 100; 100 * 128 / 255 = 50.2 -> 50.
+        assert_eq!(px, vec![100, 50, 0, 128, 0, 0, 0, 0, 7, 8, 9, 255]);
+        unpremultiply(&mut px);
+        // 255 * 100 / 128 = 199.2 -> 199 (truncated, as Pillow).
+        assert_eq!(px, vec![199, 99, 0, 128, 0, 0, 0, 0, 7, 8, 9, 255]);
+    }
+
+    #[test]
+    fn exif_orientations() {
+        // 3 x 2 image, pixel value = 10 * row + column.
+        let px = Pixels {
+            data: vec![0, 1, 2, 10, 11, 12],
+            width: 3,
+            height: 2,
+            channels: 1,
+        };
+        let o = |k: u8| {
+            let r = orient(px.clone(), Orientation::from_exif(k).unwrap());
+            (r.width, r.height, r.data)
+        };
+        assert_eq!(o(1), (3, 2, vec![0, 1, 2, 10, 11, 12]));
+        assert_eq!(o(2), (3, 2, vec![2, 1, 0, 12, 11, 10]));
+        assert_eq!(o(3), (3, 2, vec![12, 11, 10, 2, 1, 0]));
+        assert_eq!(o(4), (3, 2, vec![10, 11, 12, 0, 1, 2]));
+        assert_eq!(o(5), (2, 3, vec![0, 10, 1, 11, 2, 12])); // transpose
+        assert_eq!(o(6), (2, 3, vec![10, 0, 11, 1, 12, 2])); // 90 degrees clockwise
+        assert_eq!(o(7), (2, 3, vec![12, 2, 11, 1, 10, 0])); // transverse
+        assert_eq!(o(8), (2, 3, vec![2, 12, 1, 11, 0, 10])); // 90 degrees anticlockwise
+        let rgb = Pixels {
+            data: (0..24).collect(),
+            width: 4,
+            height: 2,
+            channels: 3,
+        };
+        let back = orient(
+            orient(rgb.clone(), Orientation::Rotate90),
+            Orientation::Rotate270,
+        );
+        assert_eq!(back, rgb);
     }
 
     #[test]

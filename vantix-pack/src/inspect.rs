@@ -18,6 +18,8 @@ pub struct Summary {
     pub width: u32,
     pub height: u32,
     pub channels: u32,
+    /// `"L"`, `"RGB"` or `"RGBA"`.
+    pub channel_order: String,
     pub codec: String,
     pub zstd_level: Option<i32>,
     pub num_shards: usize,
@@ -46,6 +48,7 @@ pub fn summarize(ds: &Dataset) -> Result<Summary> {
         width: m.geometry.width,
         height: m.geometry.height,
         channels: m.geometry.channels,
+        channel_order: m.channel_order.clone(),
         codec: m.codec.name().into(),
         zstd_level: match m.codec {
             Codec::Zstd { level, .. } => Some(level),
@@ -99,8 +102,8 @@ impl std::fmt::Display for Summary {
         writeln!(f, "samples      {}", self.num_samples)?;
         writeln!(
             f,
-            "image        {}x{}x{} uint8 HWC RGB (W x H x C)",
-            self.width, self.height, self.channels
+            "image        {}x{}x{} uint8 HWC {} (W x H x C)",
+            self.width, self.height, self.channels, self.channel_order
         )?;
         match self.zstd_level {
             Some(l) => writeln!(f, "codec        zstd (level {l})")?,

@@ -35,6 +35,8 @@ impl Default for PackOptions {
                 pad_color: [0, 0, 0],
                 max_pixels: DEFAULT_MAX_PIXELS,
                 exact_decode: false,
+                channels: 3,
+                exif_orientation: false,
             },
             codec: vantix_read::Codec::Raw,
             shard_size: DEFAULT_SHARD_SIZE,

@@ -194,6 +194,12 @@ fn check_options(opts: &PackOptions) -> Result<()> {
         channels: 3,
     }
     .validate("--size")?;
+    if !matches!(s.channels, 1 | 3 | 4) {
+        return Err(Error::invalid(format!(
+            "channels must be 1 (grayscale), 3 (RGB) or 4 (RGBA), got {}",
+            s.channels
+        )));
+    }
     if let Codec::Zstd { level, .. } = opts.codec {
         if !(1..=22).contains(&level) {
             return Err(Error::invalid(format!(
@@ -366,7 +372,7 @@ pub(crate) fn pack_files(
     let geometry = Geometry {
         width: spec.width,
         height: spec.height,
-        channels: 3,
+        channels: spec.channels,
     };
     let threads = opts
         .jobs
@@ -439,6 +445,7 @@ pub(crate) fn pack_settings(root: &Path, opts: &PackOptions, files: &[SourceFile
         vantix_version: env!("CARGO_PKG_VERSION").into(),
         exact_decode: spec.exact_decode,
         max_pixels: Some(spec.max_pixels),
+        exif_orientation: spec.exif_orientation,
     }
 }
 
@@ -453,7 +460,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     let geometry = Geometry {
         width: spec.width,
         height: spec.height,
-        channels: 3,
+        channels: spec.channels,
     };
     // A part packs one contiguous slice of the sorted list; classes, labels and the source
     // list hash stay the whole tree's, so `merge` can check that the parts belong together.
@@ -478,7 +485,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
         geometry,
         dtype: "uint8".into(),
         layout: "HWC".into(),
-        channel_order: "RGB".into(),
+        channel_order: spec.channel_order().into(),
         codec: opts.codec,
         classes: folder.classes.clone(),
         num_samples,

@@ -24,9 +24,21 @@ pub const MIN_TILE_WIDTH: usize = 96;
 /// Sheet background (dark grey) and caption colour.
 pub const BACKGROUND: [u8; 3] = [32, 32, 32];
 const TEXT: [u8; 3] = [240, 240, 240];
+/// Side of a checkerboard square behind RGBA tiles, in sheet pixels, and its two greys.
+pub const CHECKER: usize = 8;
+pub const CHECKER_GREYS: [u8; 2] = [204, 153];
+
+/// `rgba` composited over the checkerboard at tile pixel `(tx, ty)`, rounded:
+/// `(c * a + g * (255 - a) + 127) / 255`.
+fn over_checker(rgba: &[u8], tx: usize, ty: usize) -> [u8; 3] {
+    let g = u32::from(CHECKER_GREYS[(tx / CHECKER + ty / CHECKER) % 2]);
+    let a = u32::from(rgba[3]);
+    std::array::from_fn(|c| ((u32::from(rgba[c]) * a + g * (255 - a) + 127) / 255) as u8)
+}
 
 /// Images laid out as a sheet: `count` images of `height x width x channels` (HWC, uint8,
-/// channels 1 = grey or 3 = RGB; a 4th channel is ignored).
+/// channels 1 = grey (shown grey), 3 = RGB or 4 = RGBA, shown composited over a light
+/// checkerboard of [`CHECKER`]-pixel squares so that transparency is visible).
 #[derive(Debug, Clone, Copy)]
 pub struct SheetGeometry {
     pub count: usize,
@@ -210,10 +222,10 @@ pub fn contact_sheet(images: &[u8], captions: &[String], g: &SheetGeometry) -> R
         for ty in 0..th {
             for tx in 0..tw {
                 let p = ((ty / g.scale) * g.width + tx / g.scale) * g.channels;
-                let rgb = if g.channels == 1 {
-                    [img[p]; 3]
-                } else {
-                    [img[p], img[p + 1], img[p + 2]]
+                let rgb = match g.channels {
+                    1 => [img[p]; 3],
+                    4 => over_checker(&img[p..p + 4], tx, ty),
+                    _ => [img[p], img[p + 1], img[p + 2]],
                 };
                 sheet.put(x0 + tx, y0 + ty, rgb);
             }
@@ -298,6 +310,31 @@ mod tests {
         assert_eq!(&s.pixels[o..o + 3], &images[src..src + 3]);
         // The border stays background.
         assert_eq!(&s.pixels[0..3], &BACKGROUND);
+    }
+
+    #[test]
+    fn grey_is_grey_and_rgba_is_composited_on_a_checkerboard() {
+        let g = SheetGeometry::new(2, 1, 2, 4, Some(2), Some(CHECKER * 2)).unwrap();
+        // Opaque red, then a half-transparent pixel, then two fully transparent ones.
+        let images = [255, 0, 0, 255, 0, 0, 255, 128, 9, 9, 9, 0, 9, 9, 9, 0];
+        let s = contact_sheet(&images, &["a".into(), "b".into()], &g).unwrap();
+        let at = |k: usize, x: usize, y: usize| {
+            let (x0, y0) = g.tile_origin(k);
+            let o = ((y0 + y) * s.width + x0 + x) * 3;
+            [s.pixels[o], s.pixels[o + 1], s.pixels[o + 2]]
+        };
+        assert_eq!(at(0, 0, 0), [255, 0, 0]);
+        // Blue at alpha 128 over 204 (square (2, 0) of the checkerboard is the first grey).
+        let x = 2 * CHECKER;
+        let mix = |c: u32, g: u32| ((c * 128 + g * 127 + 127) / 255) as u8;
+        assert_eq!(at(0, x, 0), [mix(0, 204), mix(0, 204), mix(255, 204)]);
+        assert_eq!(at(1, 0, 0), [204; 3]);
+        assert_eq!(at(1, CHECKER, 0), [153; 3]);
+        let grey = SheetGeometry::new(1, 1, 1, 1, None, Some(1)).unwrap();
+        let s = contact_sheet(&[77], &["g".into()], &grey).unwrap();
+        let (x0, y0) = grey.tile_origin(0);
+        let o = (y0 * s.width + x0) * 3;
+        assert_eq!(&s.pixels[o..o + 3], &[77, 77, 77]);
     }
 
     #[test]

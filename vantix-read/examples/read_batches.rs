@@ -50,8 +50,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             random_crop: Some((g.height, g.width)),
             padding: 4,
             hflip: 0.5,
-            mean: [0.485, 0.456, 0.406],
-            std: [0.229, 0.224, 0.225],
+            // ImageNet's statistics for RGB; 0.5 per channel for grey or RGBA records.
+            mean: match g.channels {
+                3 => vec![0.485, 0.456, 0.406],
+                c => vec![0.5; c as usize],
+            },
+            std: match g.channels {
+                3 => vec![0.229, 0.224, 0.225],
+                c => vec![0.5; c as usize],
+            },
             dtype: DType::Float32,
             layout: Layout::Nchw,
             ..Transform::default()

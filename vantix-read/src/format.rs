@@ -133,7 +133,8 @@ impl Codec {
     }
 }
 
-/// Geometry of every image in a dataset: `height x width x channels`, uint8, HWC, RGB.
+/// Geometry of every image in a dataset: `height x width x channels`, uint8, HWC; the channels
+/// are the manifest's `channel_order` (`L` 1, `RGB` 3, `RGBA` 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Geometry {
     pub width: u32,
@@ -196,6 +197,9 @@ pub struct PackSettings {
     pub interpolation: String,
     #[serde(default)]
     pub pad_color: [u8; 3],
+    /// The EXIF Orientation tag was applied before resizing (`--exif-orientation`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exif_orientation: bool,
     pub source: String,
     /// Number of source files found (packed + skipped).
     pub source_files: u64,
@@ -311,11 +315,14 @@ impl Manifest {
         if m.dtype != "uint8" || m.layout != "HWC" {
             return Err(Error::corrupt(name, "only uint8 HWC records are supported"));
         }
-        if (m.channel_order.as_str(), m.geometry.channels) != ("RGB", 3) {
+        if !matches!(
+            (m.channel_order.as_str(), m.geometry.channels),
+            ("L", 1) | ("RGB", 3) | ("RGBA", 4)
+        ) {
             return Err(Error::corrupt(
                 name,
                 format!(
-                    "channel order {:?} with {} channels is not supported (RGB, 3)",
+                    "channel order {:?} with {} channels is not supported (L 1, RGB 3 or RGBA 4)",
                     m.channel_order, m.geometry.channels
                 ),
             ));

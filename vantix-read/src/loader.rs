@@ -343,7 +343,7 @@ impl Loader {
             .map_err(|e| Error::invalid(format!("cannot start {n} threads: {e}")))?;
         let buffers = BufferPool::with_allocator(config.prefetch + 2, allocator);
         let g = dataset.geometry();
-        let transform = Arc::new(config.transform.prepare(g.height, g.width)?);
+        let transform = Arc::new(config.transform.prepare(g.height, g.width, g.channels)?);
         Ok(Loader {
             dataset,
             config,

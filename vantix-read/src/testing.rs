@@ -110,6 +110,7 @@ pub fn tiny_dataset(codec: Codec) -> TinyDataset {
             resize: "squash".into(),
             interpolation: "bilinear".into(),
             pad_color: [0, 0, 0],
+            exif_orientation: false,
             source: "/nowhere".into(),
             source_files: 7,
             source_list_xxh3: "0000000000000000".into(),

@@ -15,7 +15,11 @@
 //!   (float16 output rounds that float32 value to nearest). A float dtype without normalisation
 //!   gives `x / 255`, as `ToTensor` alone; uint8 output keeps the pixel values.
 //!
-//! Output is `[B, H, W, 3]` (NHWC) or `[B, 3, H, W]` (NCHW) in uint8, float32 or float16.
+//! Output is `[B, H, W, C]` (NHWC) or `[B, C, H, W]` (NCHW) in uint8, float32 or float16, with
+//! `C` the packed channel count (1 grey, 3 RGB, 4 RGBA). Every operation treats the channels
+//! alike and independently, as torchvision's tensor ops do: a random-resized-crop of RGBA
+//! records resizes the alpha channel as a fourth channel (no premultiplication), and
+//! `Normalize` takes one mean and one std per channel.
 //!
 //! Randomness is a pure function of `(seed, epoch, sample index)`: sample `i` of epoch `e` draws
 //! from `SplitMix64(mix([seed, e, i, TRANSFORM_STREAM]))`, in this order: the crop (random crop:
@@ -117,10 +121,12 @@ pub struct Transform {
     pub center_crop: Option<(u32, u32)>,
     /// Probability of a horizontal flip (`RandomHorizontalFlip(p)`).
     pub hflip: f64,
-    /// `Normalize`'s mean, per RGB channel, on the 0-1 scale (float output only).
-    pub mean: [f32; 3],
-    /// `Normalize`'s std, per RGB channel, on the 0-1 scale (float output only).
-    pub std: [f32; 3],
+    /// `Normalize`'s mean, one per channel (in the packed channel order), on the 0-1 scale
+    /// (float output only). Empty: 0 for every channel (no normalisation).
+    pub mean: Vec<f32>,
+    /// `Normalize`'s std, one per channel, on the 0-1 scale (float output only). Empty: 1 for
+    /// every channel.
+    pub std: Vec<f32>,
     pub dtype: DType,
     pub layout: Layout,
 }
@@ -135,8 +141,8 @@ impl Default for Transform {
             ratio: (3.0 / 4.0, 4.0 / 3.0),
             center_crop: None,
             hflip: 0.0,
-            mean: [0.0; 3],
-            std: [1.0; 3],
+            mean: Vec::new(),
+            std: Vec::new(),
             dtype: DType::Uint8,
             layout: Layout::Nhwc,
         }
@@ -176,11 +182,26 @@ impl Transform {
     }
 
     fn is_normalizing(&self) -> bool {
-        self.mean != [0.0; 3] || self.std != [1.0; 3]
+        self.mean.iter().any(|&m| m != 0.0) || self.std.iter().any(|&s| s != 1.0)
     }
 
-    /// Check the options against images of `height x width`.
-    pub fn validate(&self, height: u32, width: u32) -> Result<()> {
+    /// Check the options against images of `height x width x channels`.
+    pub fn validate(&self, height: u32, width: u32, channels: u32) -> Result<()> {
+        if channels == 0 || channels > crate::format::MAX_CHANNELS {
+            return Err(Error::invalid(format!(
+                "images with {channels} channels are not supported"
+            )));
+        }
+        for (name, values) in [("mean", &self.mean), ("std", &self.std)] {
+            if !values.is_empty() && values.len() != channels as usize {
+                return Err(Error::invalid(format!(
+                    "{name} has {} values but the images have {channels} channel{}: give one \
+                     value per channel",
+                    values.len(),
+                    if channels == 1 { "" } else { "s" }
+                )));
+            }
+        }
         let crops = [
             self.random_crop.is_some(),
             self.random_resized_crop.is_some(),
@@ -268,20 +289,20 @@ impl Transform {
             .unwrap_or((height, width))
     }
 
-    /// Shape of a batch of `n` output images, in the output layout.
-    pub fn batch_shape(&self, n: usize, height: u32, width: u32) -> [usize; 4] {
+    /// Shape of a batch of `n` output images of `channels` channels, in the output layout.
+    pub fn batch_shape(&self, n: usize, height: u32, width: u32, channels: u32) -> [usize; 4] {
         let (h, w) = self.output_size(height, width);
-        let (h, w) = (h as usize, w as usize);
+        let (h, w, c) = (h as usize, w as usize, channels as usize);
         match self.layout {
-            Layout::Nhwc => [n, h, w, 3],
-            Layout::Nchw => [n, 3, h, w],
+            Layout::Nhwc => [n, h, w, c],
+            Layout::Nchw => [n, c, h, w],
         }
     }
 
-    /// Bytes of one output image.
-    pub fn sample_bytes(&self, height: u32, width: u32) -> usize {
+    /// Bytes of one output image of `channels` channels.
+    pub fn sample_bytes(&self, height: u32, width: u32, channels: u32) -> usize {
         let (h, w) = self.output_size(height, width);
-        h as usize * w as usize * 3 * self.dtype.size()
+        h as usize * w as usize * channels as usize * self.dtype.size()
     }
 
     /// The parameters drawn for dataset sample `index` of `epoch` (images of `height x width`).
@@ -361,21 +382,21 @@ impl Transform {
         ((hh - h) / 2, (ww - w) / 2, h as u32, w as u32)
     }
 
-    /// Compile this transform for packed images of `height x width` (checks it first).
-    pub fn prepare(&self, height: u32, width: u32) -> Result<Prepared> {
-        self.validate(height, width)?;
+    /// Compile this transform for packed images of `height x width x channels` (checks it
+    /// first).
+    pub fn prepare(&self, height: u32, width: u32, channels: u32) -> Result<Prepared> {
+        self.validate(height, width, channels)?;
+        let c = channels as usize;
         let lut = match self.dtype {
             DType::Uint8 if self.layout == Layout::Nhwc => Lut::Direct,
-            DType::Uint8 => Lut::U8(Box::new(std::array::from_fn(|_| {
-                std::array::from_fn(|v| v as u8)
-            }))),
-            DType::Float32 => Lut::F32(Box::new(self.float_lut())),
-            DType::Float16 => {
-                let f = self.float_lut();
-                Lut::F16(Box::new(std::array::from_fn(|c| {
-                    std::array::from_fn(|v| half::f16::from_f32(f[c][v]).to_bits())
-                })))
-            }
+            DType::Uint8 => Lut::U8(vec![std::array::from_fn(|v| v as u8); c]),
+            DType::Float32 => Lut::F32(self.float_lut(c)),
+            DType::Float16 => Lut::F16(
+                self.float_lut(c)
+                    .iter()
+                    .map(|t| std::array::from_fn(|v| half::f16::from_f32(t[v]).to_bits()))
+                    .collect(),
+            ),
         };
         let (out_h, out_w) = self.output_size(height, width);
         Ok(Prepared {
@@ -383,18 +404,24 @@ impl Transform {
             identity: self.is_identity(),
             src_h: height,
             src_w: width,
+            channels,
             out_h,
             out_w,
             lut,
         })
     }
 
-    /// `(v / 255 - mean) / std` for every byte value and channel, in float32 as torchvision
-    /// computes it (`ToTensor`'s `div(255)`, then `Normalize`'s `sub_(mean).div_(std)`).
-    fn float_lut(&self) -> [[f32; 256]; 3] {
-        std::array::from_fn(|c| {
-            std::array::from_fn(|v| (v as f32 / 255.0 - self.mean[c]) / self.std[c])
-        })
+    /// `(v / 255 - mean) / std` for every byte value and each of `channels` channels, in
+    /// float32 as torchvision computes it (`ToTensor`'s `div(255)`, then `Normalize`'s
+    /// `sub_(mean).div_(std)`).
+    fn float_lut(&self, channels: usize) -> Vec<[f32; 256]> {
+        (0..channels)
+            .map(|c| {
+                let mean = self.mean.get(c).copied().unwrap_or(0.0);
+                let std = self.std.get(c).copied().unwrap_or(1.0);
+                std::array::from_fn(|v| (v as f32 / 255.0 - mean) / std)
+            })
+            .collect()
     }
 }
 
@@ -408,14 +435,14 @@ fn center_offset(size: i64, crop: i64) -> i64 {
     }
 }
 
-/// Conversion of a finished uint8 HWC row into the output element type.
+/// Conversion of a finished uint8 HWC row into the output element type: one table per channel.
 enum Lut {
     /// uint8 NHWC: rows are written straight into the output.
     Direct,
-    U8(Box<[[u8; 256]; 3]>),
-    F32(Box<[[f32; 256]; 3]>),
+    U8(Vec<[u8; 256]>),
+    F32(Vec<[f32; 256]>),
     /// float16 bit patterns.
-    F16(Box<[[u16; 256]; 3]>),
+    F16(Vec<[u16; 256]>),
 }
 
 /// A [`Transform`] compiled for one image geometry: conversion tables computed once.
@@ -424,6 +451,7 @@ pub struct Prepared {
     identity: bool,
     src_h: u32,
     src_w: u32,
+    channels: u32,
     out_h: u32,
     out_w: u32,
     lut: Lut,
@@ -447,11 +475,13 @@ impl Prepared {
     }
     /// Bytes of one output image.
     pub fn sample_bytes(&self) -> usize {
-        self.out_h as usize * self.out_w as usize * 3 * self.transform.dtype.size()
+        self.transform
+            .sample_bytes(self.src_h, self.src_w, self.channels)
     }
     /// Shape of a batch of `n` output images, in the output layout.
     pub fn batch_shape(&self, n: usize) -> [usize; 4] {
-        self.transform.batch_shape(n, self.src_h, self.src_w)
+        self.transform
+            .batch_shape(n, self.src_h, self.src_w, self.channels)
     }
     /// Parameters drawn for dataset sample `index` of `epoch`.
     pub fn params(&self, seed: u64, epoch: u64, index: u64) -> Params {
@@ -464,30 +494,31 @@ impl Prepared {
     pub fn apply(&self, src: &[u8], p: &Params, out: &mut [u8]) -> Result<()> {
         let (sh, sw) = (self.src_h, self.src_w);
         let (oh, ow) = (self.out_h as usize, self.out_w as usize);
-        if src.len() != sh as usize * sw as usize * 3 || out.len() != self.sample_bytes() {
+        let c = self.channels as usize;
+        if src.len() != sh as usize * sw as usize * c || out.len() != self.sample_bytes() {
             return Err(Error::invalid(
                 "transform: record or output slot has the wrong size",
             ));
         }
         let rrc = self.transform.random_resized_crop.is_some();
-        let row_bytes = 3 * ow;
+        let row_bytes = c * ow;
         if let Lut::Direct = self.lut {
             if rrc && !p.flip {
-                resize_crop(src, (sh, sw), p, out, (oh as u32, ow as u32))?;
+                resize_crop(src, (sh, sw, c), p, out, (oh as u32, ow as u32))?;
             } else if rrc {
                 RESIZED.with(|buf| {
                     let mut buf = buf.borrow_mut();
                     buf.resize(oh * row_bytes, 0);
-                    resize_crop(src, (sh, sw), p, &mut buf, (oh as u32, ow as u32))?;
+                    resize_crop(src, (sh, sw, c), p, &mut buf, (oh as u32, ow as u32))?;
                     let rows = out
                         .chunks_exact_mut(row_bytes)
                         .zip(buf.chunks_exact(row_bytes));
-                    rows.for_each(|(d, s)| copy_reversed_rgb(d, s));
+                    rows.for_each(|(d, s)| copy_reversed(d, s, c));
                     Ok::<_, Error>(())
                 })?;
             } else {
                 for (y, row) in out.chunks_exact_mut(row_bytes).enumerate() {
-                    fill_row(src, (sh, sw), p.top + y as i64, p.left, p.flip, row);
+                    fill_row(src, (sh, sw, c), p.top + y as i64, p.left, p.flip, row);
                 }
             }
             return Ok(());
@@ -497,7 +528,7 @@ impl Prepared {
             row.resize(row_bytes, 0);
             let mut emit = |img: &[u8], (ih, iw): (u32, u32), top: i64, left: i64| {
                 for y in 0..oh {
-                    fill_row(img, (ih, iw), top + y as i64, left, p.flip, &mut row[..]);
+                    fill_row(img, (ih, iw, c), top + y as i64, left, p.flip, &mut row[..]);
                     match &self.lut {
                         Lut::Direct => unreachable!(),
                         Lut::U8(t) => store(t, &row, y, oh, self.transform.layout, &mut *out),
@@ -514,7 +545,7 @@ impl Prepared {
                 RESIZED.with(|buf| {
                     let mut buf = buf.borrow_mut();
                     buf.resize(oh * row_bytes, 0);
-                    resize_crop(src, (sh, sw), p, &mut buf, (oh as u32, ow as u32))?;
+                    resize_crop(src, (sh, sw, c), p, &mut buf, (oh as u32, ow as u32))?;
                     emit(&buf, (oh as u32, ow as u32), 0, 0);
                     Ok(())
                 })
@@ -537,30 +568,46 @@ fn cast<T: Copy>(out: &mut [u8]) -> &mut [T] {
     body
 }
 
-/// Resize the crop `p` of `src` (HWC, `sh x sw`) to `dst` (`oh x ow`): antialiased bilinear,
-/// Pillow's convolution resize, on the crop alone (as `F.resized_crop` crops, then resizes).
+/// Resize the crop `p` of `src` (HWC, `sh x sw x c`) to `dst` (`oh x ow`): antialiased
+/// bilinear, Pillow's convolution resize, on the crop alone (as `F.resized_crop` crops, then
+/// resizes), every channel on its own (alpha included, as a tensor resize does).
 fn resize_crop(
     src: &[u8],
-    (sh, sw): (u32, u32),
+    (sh, sw, c): (u32, u32, usize),
     p: &Params,
     dst: &mut [u8],
     (oh, ow): (u32, u32),
 ) -> Result<()> {
     let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("random_resized_crop: {e}"));
-    let src = ImageRef::new(sw, sh, src, PixelType::U8x3).map_err(|e| bad(&e))?;
+    let pt = match c {
+        1 => PixelType::U8,
+        2 => PixelType::U8x2,
+        3 => PixelType::U8x3,
+        _ => PixelType::U8x4,
+    };
+    let src = ImageRef::new(sw, sh, src, pt).map_err(|e| bad(&e))?;
     let crop = CroppedImage::new(&src, p.left as u32, p.top as u32, p.width, p.height)
         .map_err(|e| bad(&e))?;
-    let mut dst = Image::from_slice_u8(ow, oh, dst, PixelType::U8x3).map_err(|e| bad(&e))?;
-    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    let mut dst = Image::from_slice_u8(ow, oh, dst, pt).map_err(|e| bad(&e))?;
+    let opts = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
+        .use_alpha(false);
     RESIZER
         .with(|r| r.borrow_mut().resize(&crop, &mut dst, &opts))
         .map_err(|e| bad(&e))
 }
 
-/// Output row (uint8 HWC, `dst.len() / 3` pixels) taken from row `sy` of `src` (HWC, `sh x sw`)
-/// starting at column `left`, zeros outside the image, mirrored if `flip`.
-fn fill_row(src: &[u8], (sh, sw): (u32, u32), sy: i64, left: i64, flip: bool, dst: &mut [u8]) {
-    let ow = (dst.len() / 3) as i64;
+/// Output row (uint8 HWC, `dst.len() / c` pixels) taken from row `sy` of `src` (HWC,
+/// `sh x sw x c`) starting at column `left`, zeros outside the image, mirrored if `flip`.
+fn fill_row(
+    src: &[u8],
+    (sh, sw, c): (u32, u32, usize),
+    sy: i64,
+    left: i64,
+    flip: bool,
+    dst: &mut [u8],
+) {
+    let ow = (dst.len() / c) as i64;
     // Output columns [x0, x1) read source columns left + x.
     let x0 = (-left).clamp(0, ow);
     let x1 = (sw as i64 - left).clamp(x0, ow);
@@ -568,17 +615,36 @@ fn fill_row(src: &[u8], (sh, sw): (u32, u32), sy: i64, left: i64, flip: bool, ds
         dst.fill(0);
         return;
     }
-    let row = &src[sy as usize * sw as usize * 3..][..sw as usize * 3];
-    let seg = &row[3 * (left + x0) as usize..3 * (left + x1) as usize];
+    let row = &src[sy as usize * sw as usize * c..][..sw as usize * c];
+    let seg = &row[c * (left + x0) as usize..c * (left + x1) as usize];
     let (a, b) = if flip { (ow - x1, ow - x0) } else { (x0, x1) };
-    let (a, b) = (3 * a as usize, 3 * b as usize);
+    let (a, b) = (c * a as usize, c * b as usize);
     dst[..a].fill(0);
     if flip {
-        copy_reversed_rgb(&mut dst[a..b], seg);
+        copy_reversed(&mut dst[a..b], seg, c);
     } else {
         dst[a..b].copy_from_slice(seg);
     }
     dst[b..].fill(0);
+}
+
+/// `dst` = the `c`-channel pixels of `src` in reverse order (same length).
+fn copy_reversed(dst: &mut [u8], src: &[u8], c: usize) {
+    match c {
+        3 => copy_reversed_rgb(dst, src),
+        1 => dst
+            .iter_mut()
+            .zip(src.iter().rev())
+            .for_each(|(d, s)| *d = *s),
+        4 => {
+            let pixels = dst.chunks_exact_mut(4).zip(src.chunks_exact(4).rev());
+            pixels.for_each(|(d, s)| d.copy_from_slice(s));
+        }
+        _ => {
+            let pixels = dst.chunks_exact_mut(c).zip(src.chunks_exact(c).rev());
+            pixels.for_each(|(d, s)| d.copy_from_slice(s));
+        }
+    }
 }
 
 /// `dst` = the RGB pixels of `src` in reverse order (same length).
@@ -640,8 +706,58 @@ fn copy_reversed_rgb_scalar(dst: &mut [u8], src: &[u8]) {
     }
 }
 
-/// Convert one uint8 HWC row (`y` of `oh`) through `lut` into `out` (one output image).
+/// Convert one uint8 HWC row (`y` of `oh`) through `lut` (one table per channel) into `out`
+/// (one output image).
 fn store<T: Copy>(
+    lut: &[[T; 256]],
+    row: &[u8],
+    y: usize,
+    oh: usize,
+    layout: Layout,
+    out: &mut [T],
+) {
+    match lut.len() {
+        3 => store_rgb(lut.try_into().unwrap(), row, y, oh, layout, out),
+        1 => store_n::<T, 1>(lut.try_into().unwrap(), row, y, oh, layout, out),
+        4 => store_n::<T, 4>(lut.try_into().unwrap(), row, y, oh, layout, out),
+        2 => store_n::<T, 2>(lut.try_into().unwrap(), row, y, oh, layout, out),
+        c => unreachable!("{c} channels"),
+    }
+}
+
+/// [`store`] for `C` channels.
+fn store_n<T: Copy, const C: usize>(
+    lut: &[[T; 256]; C],
+    row: &[u8],
+    y: usize,
+    oh: usize,
+    layout: Layout,
+    out: &mut [T],
+) {
+    let ow = row.len() / C;
+    match layout {
+        Layout::Nhwc => {
+            let o = &mut out[y * ow * C..][..ow * C];
+            for (d, s) in o.chunks_exact_mut(C).zip(row.chunks_exact(C)) {
+                for k in 0..C {
+                    d[k] = lut[k][s[k] as usize];
+                }
+            }
+        }
+        Layout::Nchw => {
+            let plane = oh * ow;
+            for (k, t) in lut.iter().enumerate() {
+                let o = &mut out[k * plane + y * ow..][..ow];
+                for (d, s) in o.iter_mut().zip(row.chunks_exact(C)) {
+                    *d = t[s[k] as usize];
+                }
+            }
+        }
+    }
+}
+
+/// [`store`] for RGB.
+fn store_rgb<T: Copy>(
     lut: &[[T; 256]; 3],
     row: &[u8],
     y: usize,
@@ -727,7 +843,7 @@ mod tests {
                 hflip: 0.5,
                 ..Default::default()
             };
-            let prep = t.prepare(sh, sw).unwrap();
+            let prep = t.prepare(sh, sw, 3).unwrap();
             let mut flips = 0;
             for i in 0..200 {
                 let p = prep.params(9, 1, i);
@@ -740,6 +856,122 @@ mod tests {
             }
             assert!((60..140).contains(&flips), "{flips} flips of 200");
         }
+    }
+
+    /// `naive` for `c` channels.
+    fn naive_c(src: &[u8], (sh, sw, c): (u32, u32, usize), p: &Params) -> Vec<u8> {
+        let mut out = Vec::new();
+        for y in 0..p.height as i64 {
+            for x in 0..p.width as i64 {
+                let xx = if p.flip { p.width as i64 - 1 - x } else { x };
+                let (sy, sx) = (p.top + y, p.left + xx);
+                let inside = (0..sh as i64).contains(&sy) && (0..sw as i64).contains(&sx);
+                for k in 0..c {
+                    out.push(if inside {
+                        src[(sy as usize * sw as usize + sx as usize) * c + k]
+                    } else {
+                        0
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn grey_and_rgba_crops_flips_and_float_layouts() {
+        let (sh, sw) = (6u32, 9u32);
+        for c in [1usize, 4] {
+            let src: Vec<u8> = (0..sh as usize * sw as usize * c)
+                .map(|i| (i * 29 % 256) as u8)
+                .collect();
+            let mean: Vec<f32> = (0..c).map(|k| 0.1 * k as f32 + 0.3).collect();
+            let std: Vec<f32> = (0..c).map(|k| 0.2 + 0.05 * k as f32).collect();
+            for layout in [Layout::Nhwc, Layout::Nchw] {
+                for dtype in [DType::Uint8, DType::Float32] {
+                    let float = dtype == DType::Float32;
+                    let t = Transform {
+                        random_crop: Some((4, 5)),
+                        padding: 2,
+                        hflip: 0.5,
+                        mean: if float { mean.clone() } else { vec![] },
+                        std: if float { std.clone() } else { vec![] },
+                        dtype,
+                        layout,
+                        ..Default::default()
+                    };
+                    let prep = t.prepare(sh, sw, c as u32).unwrap();
+                    let shape = prep.batch_shape(2);
+                    match layout {
+                        Layout::Nhwc => assert_eq!(shape, [2, 4, 5, c]),
+                        Layout::Nchw => assert_eq!(shape, [2, c, 4, 5]),
+                    }
+                    for i in 0..40 {
+                        let p = prep.params(1, 0, i);
+                        let want = naive_c(&src, (sh, sw, c), &p);
+                        let mut out = vec![0f32; prep.sample_bytes() / 4 + 1];
+                        // SAFETY: any bytes are valid f32 storage; the slice is in bounds.
+                        let bytes = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                out.as_mut_ptr() as *mut u8,
+                                prep.sample_bytes(),
+                            )
+                        };
+                        prep.apply(&src, &p, bytes).unwrap();
+                        for (j, &v) in want.iter().enumerate() {
+                            let (pix, k) = (j / c, j % c);
+                            let at = match layout {
+                                Layout::Nhwc => j,
+                                Layout::Nchw => k * 20 + pix,
+                            };
+                            if float {
+                                let f: &[f32] = cast(bytes);
+                                assert_eq!(f[at], (v as f32 / 255.0 - mean[k]) / std[k]);
+                            } else {
+                                assert_eq!(bytes[at], v, "c {c} {layout:?} {p:?}");
+                            }
+                        }
+                    }
+                }
+            }
+            // Random-resized-crop to the crop's own size is a copy of the crop.
+            let t = Transform {
+                random_resized_crop: Some((3, 3)),
+                scale: (0.1, 0.2),
+                ratio: (1.0, 1.0),
+                hflip: 0.5,
+                ..Default::default()
+            };
+            let prep = t.prepare(sh, sw, c as u32).unwrap();
+            for i in 0..20 {
+                let p = prep.params(0, 0, i);
+                let mut out = vec![0u8; prep.sample_bytes()];
+                prep.apply(&src, &p, &mut out).unwrap();
+                if (p.height, p.width) == (3, 3) {
+                    assert_eq!(out, naive_c(&src, (sh, sw, c), &p));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mean_and_std_need_one_value_per_channel() {
+        let t = Transform {
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3],
+            dtype: DType::Float32,
+            ..Default::default()
+        };
+        assert!(t.validate(8, 8, 3).is_ok());
+        for c in [1, 4] {
+            let e = t.validate(8, 8, c).unwrap_err().to_string();
+            assert!(
+                e.contains("mean has 3 values") && e.contains(&format!("{c} channel")),
+                "{e}"
+            );
+        }
+        assert!(Transform::default().validate(8, 8, 1).is_ok());
+        assert!(Transform::default().validate(8, 8, 5).is_err());
     }
 
     #[test]
@@ -774,13 +1006,13 @@ mod tests {
         let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
         for layout in [Layout::Nhwc, Layout::Nchw] {
             let t = Transform {
-                mean,
-                std,
+                mean: mean.to_vec(),
+                std: std.to_vec(),
                 dtype: DType::Float32,
                 layout,
                 ..Default::default()
             };
-            let prep = t.prepare(sh, sw).unwrap();
+            let prep = t.prepare(sh, sw, 3).unwrap();
             assert!(!prep.is_identity());
             let mut out = vec![0f32; prep.sample_bytes() / 4];
             // SAFETY: any f32 storage is valid as bytes; the length is the same.
@@ -845,12 +1077,12 @@ mod tests {
                 ..Default::default()
             },
             Transform {
-                std: [1.0, 0.0, 1.0],
+                std: vec![1.0, 0.0, 1.0],
                 dtype: DType::Float32,
                 ..Default::default()
             },
             Transform {
-                mean: [0.5; 3],
+                mean: vec![0.5; 3],
                 ..Default::default()
             },
             Transform {
@@ -864,9 +1096,9 @@ mod tests {
             },
         ];
         for t in bad {
-            assert!(t.validate(10, 10).is_err(), "{t:?}");
+            assert!(t.validate(10, 10, 3).is_err(), "{t:?}");
         }
-        assert!(Transform::default().validate(10, 10).is_ok());
+        assert!(Transform::default().validate(10, 10, 3).is_ok());
         assert!(Transform::default().is_identity());
     }
 }
