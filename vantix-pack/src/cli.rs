@@ -12,6 +12,7 @@ use crate::imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
 use crate::inspect::{human_bytes, summarize};
 use crate::pack::{pack, PackOptions};
 use crate::preview;
+use crate::writer::DictionaryMode;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -139,6 +140,10 @@ struct PackArgs {
     /// the reader: photographs compress about twice as well after it. With --codec zstd.
     #[arg(long, default_value = "up", value_parser = ["none", "left", "up", "avg", "paeth"])]
     filter: String,
+    /// Compress zstd records with a dictionary trained at pack time and stored in each shard:
+    /// auto uses one for records of at most 16 KiB (small images), on always, off never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    zstd_dict: String,
     /// Target size of a shard file, e.g. 512M, 1G or a byte count.
     #[arg(long, default_value = "512M", value_parser = parse_bytes)]
     shard_size: u64,
@@ -237,6 +242,7 @@ impl PackArgs {
             progress: !self.quiet && std::io::stderr().is_terminal(),
             report_skipped: true,
             interrupt: None,
+            zstd_dictionary: DictionaryMode::parse(&self.zstd_dict).expect("validated by clap"),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod writer;
 pub use imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
 pub use pack::{pack, Interrupt, PackOptions, PackReport, DEFAULT_SHARD_SIZE};
 pub use walk::{scan, ImageFolder, SourceFile, IMG_EXTENSIONS};
+pub use writer::DictionaryMode;
 
 impl Default for PackOptions {
     fn default() -> Self {
@@ -40,6 +41,7 @@ impl Default for PackOptions {
             progress: false,
             report_skipped: true,
             interrupt: None,
+            zstd_dictionary: writer::DictionaryMode::Auto,
         }
     }
 }

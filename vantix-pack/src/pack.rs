@@ -45,6 +45,8 @@ pub struct PackOptions {
     /// Asked between chunks of images: when it returns true the pack stops with
     /// [`Error::Interrupted`] and leaves nothing behind (Python's Ctrl-C uses it).
     pub interrupt: Option<Interrupt>,
+    /// When zstd records are compressed with a dictionary trained at pack time.
+    pub zstd_dictionary: crate::writer::DictionaryMode,
 }
 
 /// A check for "stop now", called from the packing thread between chunks of images.
@@ -105,10 +107,13 @@ fn remove_stale_partials(parent: &Path, name: &str) {
     }
 }
 
+/// Encode one record as `codec` stores it; with `compress` false (a dictionary compresses in
+/// the writer) the record is only filtered.
 fn encode(
     record: Vec<u8>,
     codec: Codec,
     geometry: Geometry,
+    compress: bool,
 ) -> std::result::Result<Vec<u8>, String> {
     thread_local! {
         static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
@@ -130,6 +135,9 @@ fn encode(
                 );
                 filtered
             };
+            if !compress {
+                return Ok(record);
+            }
             let mut slot = cell.borrow_mut();
             if slot.as_ref().is_none_or(|(l, _)| *l != level) {
                 let c = zstd::bulk::Compressor::new(level).map_err(|e| e.to_string())?;
@@ -169,6 +177,9 @@ fn check_options(opts: &PackOptions) -> Result<()> {
                 "zstd level must be 1..=22, got {level}"
             )));
         }
+    }
+    if opts.zstd_dictionary == crate::writer::DictionaryMode::On && opts.codec == Codec::Raw {
+        return Err(Error::invalid("a zstd dictionary needs the zstd codec"));
     }
     if opts.jobs == Some(0) {
         return Err(Error::invalid("jobs must be at least 1"));
@@ -261,6 +272,12 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     bar.set_message("packing");
 
     let mut writer = ShardWriter::new(&tmp_path, geometry, opts.codec, opts.shard_size);
+    let dictionary = opts
+        .zstd_dictionary
+        .applies(opts.codec, geometry.record_bytes());
+    if dictionary {
+        writer = writer.with_dictionary()?;
+    }
     let mut skipped = Vec::new();
     let mut packed_sources = Vec::with_capacity(folder.files.len());
     let chunk = 64 * threads;
@@ -277,7 +294,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
                 .map(|f| {
                     let path = folder.root.join(&f.rel);
                     let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-                    encode(process(&bytes, &spec)?, opts.codec, geometry)
+                    encode(process(&bytes, &spec)?, opts.codec, geometry, !dictionary)
                 })
                 .collect()
         });
@@ -304,13 +321,13 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
             bar.inc(1);
         }
     }
-    let shards = writer.finish()?;
+    let (shards, version) = writer.finish_with_version()?;
     bar.finish_and_clear();
 
     let num_samples = packed_sources.len() as u64;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        version: opts.codec.format_version(),
+        version,
         geometry,
         dtype: "uint8".into(),
         layout: "HWC".into(),
