@@ -464,7 +464,7 @@ impl EpochIterator {
 
 /// Pack an ImageFolder (see `vantix.pack`). Returns a dict report.
 #[pyfunction]
-#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up"))]
+#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", dictionary="auto"))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -485,7 +485,13 @@ fn pack<'py>(
     max_pixels: u64,
     exact_decode: bool,
     filter: &str,
+    dictionary: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let zstd_dictionary = vantix_pack::DictionaryMode::parse(dictionary).ok_or_else(|| {
+        VantixError::new_err(format!(
+            "dictionary must be 'auto', 'on' or 'off', got {dictionary:?}"
+        ))
+    })?;
     let filter = vantix_read::Filter::parse(filter).ok_or_else(|| {
         VantixError::new_err(format!(
             "filter must be 'none', 'left', 'up', 'avg' or 'paeth', got {filter:?}"
@@ -528,6 +534,7 @@ fn pack<'py>(
         progress,
         report_skipped: true,
         interrupt: None,
+        zstd_dictionary,
     };
     // Ctrl-C: the packing thread (this one, with the GIL released) asks Python between chunks
     // of images whether a signal handler raised; the pack then stops, removes its temporary

@@ -148,6 +148,7 @@ def pack(
     max_pixels: int,
     exact_decode: bool = False,
     filter: str = "up",
+    dictionary: str = "auto",
 ) -> dict[str, Any]: ...
 def cli_main(argv: Sequence[str]) -> int: ...
 def train_val_split(

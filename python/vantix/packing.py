@@ -69,6 +69,7 @@ def pack(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     exact_decode: bool = False,
     filter: str = "up",
+    dictionary: str = "auto",
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
@@ -90,6 +91,10 @@ def pack(
         filter: with ``codec="zstd"``, the prediction filter applied to each record before
             compression and undone when reading: ``"up"`` (default), ``"paeth"``, ``"avg"``,
             ``"left"`` or ``"none"`` (PNG's filter types).
+        dictionary: with ``codec="zstd"``, compress the records with a zstd dictionary trained
+            on the first records and stored in every shard: ``"auto"`` (default) for records of
+            at most 16 KiB (small images, e.g. 32x32 or 64x64), ``"on"`` always, ``"off"``
+            never. A dataset with a dictionary is format version 3.
         shard_size: target bytes per shard file, an int or a string like ``"512M"``.
         num_threads: worker threads (default: all cores).
         strict: raise on the first unreadable file instead of skipping and reporting it.
@@ -132,6 +137,7 @@ def pack(
         max_pixels,
         exact_decode=exact_decode,
         filter=filter,
+        dictionary=dictionary,
     )
     return PackReport(
         path=os.fspath(r["path"]),
