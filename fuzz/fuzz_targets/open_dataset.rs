@@ -1,5 +1,5 @@
-//! Mutations of a valid dataset (raw or zstd, manifest and two shards) driven by the fuzzer's
-//! bytes: the first byte picks the codec, then every 6 bytes are one mutation (bit flip, byte
+//! Mutations of a valid dataset (raw, zstd, or zstd with a dictionary in each shard; manifest
+//! and two shards) driven by the fuzzer's bytes: the first byte picks the codec, then every 6 bytes are one mutation (bit flip, byte
 //! set, truncation, extension, insertion, deletion, extreme u32/u64, extreme number in the
 //! JSON; see `vantix_read::testing::mutate`). The damaged dataset is written to a scratch
 //! directory, opened, read (every record, copied, zero-copy and checked), and verified: it must
@@ -9,13 +9,16 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vantix_read::testing::{exercise_files, mutate, tiny_dataset, TinyDataset};
+use vantix_read::testing::{
+    exercise_files, mutate, tiny_dataset, tiny_dataset_with_dictionary, TinyDataset,
+};
 use vantix_read::{Codec, Filter};
 
 struct Fixture {
     dir: tempfile::TempDir,
     raw: TinyDataset,
     zstd: TinyDataset,
+    dictionary: TinyDataset,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -31,11 +34,16 @@ fuzz_target!(|data: &[u8]| {
             level: 3,
             filter: Filter::Paeth,
         }),
+        dictionary: tiny_dataset_with_dictionary(3, Filter::Up),
     });
     let Some((&codec, ops)) = data.split_first() else {
         return;
     };
-    let pristine = if codec & 1 == 0 { &f.raw } else { &f.zstd };
+    let pristine = match codec % 3 {
+        0 => &f.raw,
+        1 => &f.zstd,
+        _ => &f.dictionary,
+    };
     let mut files = pristine.files.clone();
     mutate(&mut files, ops);
     exercise_files(f.dir.path(), &files, pristine).expect("scratch directory is writable");

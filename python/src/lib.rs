@@ -467,7 +467,7 @@ impl EpochIterator {
 
 /// Pack an ImageFolder (see `vantix.pack`). Returns a dict report.
 #[pyfunction]
-#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", part=None, channels=3, exif_orientation=false))]
+#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", part=None, channels=3, exif_orientation=false, dictionary="auto"))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -491,7 +491,13 @@ fn pack<'py>(
     part: Option<(u64, u64)>,
     channels: u32,
     exif_orientation: bool,
+    dictionary: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let zstd_dictionary = vantix_pack::DictionaryMode::parse(dictionary).ok_or_else(|| {
+        VantixError::new_err(format!(
+            "dictionary must be 'auto', 'on' or 'off', got {dictionary:?}"
+        ))
+    })?;
     if let Some((index, count)) = part {
         vantix_pack::pack::check_part(index, count).map_err(err)?;
     }
@@ -540,6 +546,7 @@ fn pack<'py>(
         report_skipped: true,
         interrupt: None,
         part,
+        zstd_dictionary,
     };
     // Ctrl-C: the packing thread (this one, with the GIL released) asks Python between chunks
     // of images whether a signal handler raised; the pack then stops, removes its temporary

@@ -116,6 +116,32 @@ def test_throughput_smoke(out: Path) -> None:
     assert_chart(out / "assets" / "benchmark_rigorous.png")
 
 
+def test_compression_smoke(out: Path) -> None:
+    report_path = out / "assets" / "benchmark_compression.json"
+    run_script(
+        "benchmark_compression.py",
+        *("--tiny", "--epochs", 1, "--batch-size", 8, "--num-threads", 2),
+        *("--data-dir", out / "comp", "--out", report_path),
+    )
+    report = json.loads(report_path.read_text())
+    assert set(report["profiles"]) == {"cifar-like", "imagenet-std", "4k-medical"}
+    for name, prof in report["profiles"].items():
+        packs = prof["packs"]
+        want = {"raw", "zstd 1", "zstd 3", "zstd 9"}
+        if name == "cifar-like":
+            want.add("zstd 3 + dictionary")
+            assert packs["zstd 3 + dictionary"]["pack_arguments"]["dictionary"] == "on"
+        assert set(packs) == want, name
+        raw = packs["raw"]
+        for label, p in packs.items():
+            assert p["bytes"] > 0 and p["images"] > 0 and p["images_per_s"] > 0, (name, label)
+            assert p["vs_raw"] == pytest.approx(p["bytes"] / raw["bytes"], rel=1e-9)
+            want_ips = p["images_per_s"] / raw["images_per_s"]
+            assert p["images_per_s_vs_raw"] == pytest.approx(want_ips, rel=1e-9)
+            assert p["vs_source"] == pytest.approx(p["bytes"] / prof["source_bytes"], rel=1e-9)
+        assert packs["zstd 3"]["bytes"] < raw["bytes"], name
+
+
 def test_training_smoke(out: Path) -> None:
     report_path = out / "assets" / "benchmark_training.json"
     run_script(

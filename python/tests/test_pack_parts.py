@@ -110,8 +110,11 @@ def test_merged_parts_are_identical_to_a_single_pack(tree, tmp_path, codec):
         np.testing.assert_array_equal(images, want_images)
         np.testing.assert_array_equal(labels, want_labels)
         got = _manifest(merged)
-        for key in ("classes", "num_samples", "skipped", "codec", "width", "height", "version"):
+        for key in ("classes", "num_samples", "skipped", "codec", "width", "height"):
             assert got[key] == want[key], key
+        # The version is the newest of the parts' (a zstd dictionary, format 3, is trained per
+        # part, and only for parts of at least 32 small records): the pixels are what matter.
+        assert got["version"] == max(_manifest(p)["version"] for p in parts)
         assert "part" not in got
         assert {**got["pack"], "source": ""} == {**want["pack"], "source": ""}
         assert (merged / "sources.json").read_bytes() == (whole / "sources.json").read_bytes()
@@ -119,6 +122,49 @@ def test_merged_parts_are_identical_to_a_single_pack(tree, tmp_path, codec):
         assert ds.classes == want["classes"] and ds.num_samples == 39
         # Parts are copied, not moved: each is still a valid dataset.
         vantix.verify(parts[-1])
+
+
+def test_merge_keeps_each_parts_zstd_dictionary(tmp_path):
+    """Small zstd records get a dictionary per part (format 3) when the part has at least 32
+    records; a part with fewer has none (format 2). The merged dataset holds both kinds of
+    shard, reads back exactly what a single pack reads, and appending to it reuses a dictionary
+    so every new shard carries one."""
+    root = tmp_path / "train"
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:16, 0:16]
+    for cls, good, broken in (("a", 33, 0), ("b", 30, 3)):
+        (root / cls).mkdir(parents=True)
+        for i in range(good):
+            base = (xx * (4 + i % 5) + yy * (3 + i % 7)) % 256
+            arr = np.stack([base, base[::-1], (base + 40 * i) % 256], -1).astype(np.int16)
+            arr = np.clip(arr + rng.integers(-3, 4, arr.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / cls / f"{i:02d}.png")
+        for i in range(broken):
+            (root / cls / f"zz{i}.png").write_bytes(b"not a png")
+    whole = tmp_path / "whole.vtx"
+    vantix.pack(root, whole, size=SIZE, codec="zstd")
+    parts = _pack_parts(root, tmp_path, 2, "zstd", cli=False)
+    # Part 0 is class a (33 records: dictionary), part 1 class b (30 packed: none).
+    assert [_manifest(p)["version"] for p in parts] == [3, 2]
+    merged = tmp_path / "merged.vtx"
+    vantix.merge(parts, merged)
+    vantix.verify(merged)
+    assert _manifest(merged)["version"] == 3
+    for got, want in zip(_records(merged), _records(whole)):
+        np.testing.assert_array_equal(got, want)
+    # Append: the new shard takes the dataset's dictionary (from part 0's shards).
+    extra = tmp_path / "extra"
+    (extra / "a").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(extra / "a" / "new.png")
+    before = _manifest(merged)["shards"]
+    vantix.append(extra, merged)
+    after = _manifest(merged)
+    assert after["version"] == 3 and after["num_samples"] == 64
+    new_shard = merged / after["shards"][len(before)]["file"]
+    assert int.from_bytes(new_shard.read_bytes()[8:12], "little") == 3
+    vantix.verify(merged)
+    image, label = VantixDataset(merged)[63]
+    assert label == 0 and np.asarray(image).shape == (SIZE, SIZE, 3)
 
 
 def test_merge_refuses_parts_that_do_not_make_one_pack(tree, tmp_path):

@@ -153,6 +153,7 @@ def pack(
     part: Optional[tuple[int, int]] = None,
     channels: int = 3,
     exif_orientation: bool = False,
+    dictionary: str = "auto",
 ) -> dict[str, Any]: ...
 def merge(
     parts: Sequence[_Path], dst: _Path, overwrite: bool = False, progress: bool = False

@@ -72,6 +72,7 @@ def pack(
     part: tuple[int, int] | None = None,
     channels: int = 3,
     exif_orientation: bool = False,
+    dictionary: str = "auto",
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
@@ -95,6 +96,10 @@ def pack(
         filter: with ``codec="zstd"``, the prediction filter applied to each record before
             compression and undone when reading: ``"up"`` (default), ``"paeth"``, ``"avg"``,
             ``"left"`` or ``"none"`` (PNG's filter types).
+        dictionary: with ``codec="zstd"``, compress the records with a zstd dictionary trained
+            on the first records and stored in every shard: ``"auto"`` (default) for records of
+            at most 16 KiB (small images, e.g. 32x32 or 64x64), ``"on"`` always, ``"off"``
+            never. A dataset with a dictionary is format version 3.
         shard_size: target bytes per shard file, an int or a string like ``"512M"``.
         num_threads: worker threads (default: all cores).
         strict: raise on the first unreadable file instead of skipping and reporting it.
@@ -156,6 +161,7 @@ def pack(
         part=None if part is None else _part(part),
         channels=int(channels),
         exif_orientation=bool(exif_orientation),
+        dictionary=dictionary,
     )
     return _report(r)
 

@@ -195,6 +195,8 @@ fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOpt
         report_skipped: opts.report_skipped,
         interrupt: opts.interrupt.clone(),
         part: None,
+        // Not used: the new shards take the dataset's own dictionary, if it has one.
+        zstd_dictionary: crate::writer::DictionaryMode::Off,
     })
 }
 
@@ -219,7 +221,16 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
     }
     let _lock = lock_dir(dataset)?;
     // Opening validates the dataset as it is: an append never builds on a damaged one.
-    let manifest = Dataset::open(dataset)?.manifest().clone();
+    let opened = Dataset::open(dataset)?;
+    let manifest = opened.manifest().clone();
+    // New shards carry the dataset's own zstd dictionary (if it has one), so the whole dataset
+    // keeps one dictionary and one format version.
+    let dictionary = opened
+        .shards()
+        .iter()
+        .find_map(|s| s.dictionary())
+        .map(<[u8]>::to_vec);
+    drop(opened);
     let mname = dataset.join(MANIFEST_NAME).display().to_string();
     if let Some(p) = &manifest.part {
         return Err(Error::invalid(format!(
@@ -315,16 +326,20 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
     };
     let mut writer = ShardWriter::new(dataset, geometry, manifest.codec, opts.shard_size)
         .starting_at(next_shard, manifest.num_samples);
+    if let Some(dictionary) = dictionary {
+        writer = writer.with_trained_dictionary(dictionary)?;
+    }
     let (packed, skipped) = pack_files(&folder.root, &files, &pack_opts, &mut writer, &|| {
         format!(
             "appending to {} stopped; the dataset is unchanged",
             dataset.display()
         )
     })?;
-    let shards = writer.finish()?;
+    let (shards, version) = writer.finish_with_version()?;
 
     let added = packed.len() as u64;
     let mut new = manifest.clone();
+    new.version = new.version.max(version);
     new.classes = classes.clone();
     new.num_samples += added;
     new.shards.extend(shards.iter().cloned());

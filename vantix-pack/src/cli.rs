@@ -15,6 +15,7 @@ use crate::inspect::{human_bytes, summarize};
 use crate::merge::{merge, MergeOptions};
 use crate::pack::{check_part, pack, PackOptions, PackReport};
 use crate::preview;
+use crate::writer::DictionaryMode;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -204,6 +205,10 @@ struct PackArgs {
     /// the reader: photographs compress about twice as well after it. With --codec zstd.
     #[arg(long, default_value = "up", value_parser = ["none", "left", "up", "avg", "paeth"])]
     filter: String,
+    /// Compress zstd records with a dictionary trained at pack time and stored in each shard:
+    /// auto uses one for records of at most 16 KiB (small images), on always, off never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    zstd_dict: String,
     /// Target size of a shard file, e.g. 512M, 1G or a byte count.
     #[arg(long, default_value = "512M", value_parser = parse_bytes)]
     shard_size: u64,
@@ -330,6 +335,7 @@ impl PackArgs {
             report_skipped: true,
             interrupt: None,
             part: self.part,
+            zstd_dictionary: DictionaryMode::parse(&self.zstd_dict).expect("validated by clap"),
         }
     }
 }

@@ -22,6 +22,11 @@ pub struct Summary {
     pub channel_order: String,
     pub codec: String,
     pub zstd_level: Option<i32>,
+    /// Prediction filter undone after zstd (`none` for raw).
+    pub filter: String,
+    /// Shards that store a trained zstd dictionary, and its size in the first of them.
+    pub dictionary_shards: usize,
+    pub dictionary_bytes: Option<u32>,
     pub num_shards: usize,
     pub size_on_disk: u64,
     pub raw_size: u64,
@@ -54,6 +59,17 @@ pub fn summarize(ds: &Dataset) -> Result<Summary> {
             Codec::Zstd { level, .. } => Some(level),
             Codec::Raw => None,
         },
+        filter: m.codec.filter().name().into(),
+        dictionary_shards: ds
+            .shards()
+            .iter()
+            .filter(|s| s.dictionary_size() > 0)
+            .count(),
+        dictionary_bytes: ds
+            .shards()
+            .iter()
+            .map(|s| s.dictionary_size())
+            .find(|&d| d > 0),
         num_shards: ds.shards().len(),
         size_on_disk,
         raw_size,
@@ -106,8 +122,22 @@ impl std::fmt::Display for Summary {
             self.width, self.height, self.channels, self.channel_order
         )?;
         match self.zstd_level {
-            Some(l) => writeln!(f, "codec        zstd (level {l})")?,
+            Some(l) => {
+                writeln!(f, "codec        zstd (level {l})")?;
+                writeln!(f, "filter       {}", self.filter)?;
+            }
             None => writeln!(f, "codec        raw")?,
+        }
+        if let Some(d) = self.dictionary_bytes {
+            writeln!(
+                f,
+                "dictionary   {} trained zstd dictionary in {} of {} shard(s)",
+                human_bytes(d as u64),
+                self.dictionary_shards,
+                self.num_shards
+            )?;
+        } else if self.zstd_level.is_some() {
+            writeln!(f, "dictionary   none")?;
         }
         writeln!(f, "resize       {} ({})", self.resize, self.interpolation)?;
         writeln!(f, "shards       {}", self.num_shards)?;

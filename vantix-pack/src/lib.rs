@@ -23,6 +23,7 @@ pub use imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
 pub use merge::{merge, MergeOptions};
 pub use pack::{pack, part_range, Interrupt, PackOptions, PackReport, DEFAULT_SHARD_SIZE};
 pub use walk::{scan, ImageFolder, SourceFile, IMG_EXTENSIONS};
+pub use writer::DictionaryMode;
 
 impl Default for PackOptions {
     fn default() -> Self {
@@ -47,6 +48,7 @@ impl Default for PackOptions {
             report_skipped: true,
             interrupt: None,
             part: None,
+            zstd_dictionary: writer::DictionaryMode::Auto,
         }
     }
 }

@@ -44,7 +44,9 @@ fn pack_identity(m: &Manifest) -> serde_json::Map<String, serde_json::Value> {
     else {
         unreachable!("a manifest is a JSON object")
     };
-    for key in ["num_samples", "shards", "skipped", "part"] {
+    // `version`: a part is written at the oldest version that describes it (a small part may
+    // have too few records for a zstd dictionary); the merged dataset takes the newest.
+    for key in ["num_samples", "shards", "skipped", "part", "version"] {
         v.remove(key);
     }
     if let Some(serde_json::Value::Object(p)) = v.get_mut("pack") {
@@ -309,6 +311,11 @@ fn merge_atomically(parts: &[PathBuf], dst: &Path, opts: &MergeOptions) -> Resul
     bar.finish_and_clear();
     let first = &parts[0].manifest;
     let manifest = Manifest {
+        version: parts
+            .iter()
+            .map(|p| p.manifest.version)
+            .max()
+            .unwrap_or(first.version),
         num_samples,
         shards: shards.clone(),
         skipped: skipped.clone(),

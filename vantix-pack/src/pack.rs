@@ -50,6 +50,8 @@ pub struct PackOptions {
     /// [`part_range`] of the sorted source list, labelled with the whole tree's classes.
     /// `vantix-pack merge` joins the parts into one dataset.
     pub part: Option<(u64, u64)>,
+    /// When zstd records are compressed with a dictionary trained at pack time.
+    pub zstd_dictionary: crate::writer::DictionaryMode,
 }
 
 /// A check for "stop now", called from the packing thread between chunks of images.
@@ -110,10 +112,13 @@ pub(crate) fn remove_stale_partials(parent: &Path, name: &str) {
     }
 }
 
+/// Encode one record as `codec` stores it; with `compress` false (a dictionary compresses in
+/// the writer) the record is only filtered.
 pub(crate) fn encode(
     record: Vec<u8>,
     codec: Codec,
     geometry: Geometry,
+    compress: bool,
 ) -> std::result::Result<Vec<u8>, String> {
     thread_local! {
         static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
@@ -135,6 +140,9 @@ pub(crate) fn encode(
                 );
                 filtered
             };
+            if !compress {
+                return Ok(record);
+            }
             let mut slot = cell.borrow_mut();
             if slot.as_ref().is_none_or(|(l, _)| *l != level) {
                 let c = zstd::bulk::Compressor::new(level).map_err(|e| e.to_string())?;
@@ -206,6 +214,9 @@ fn check_options(opts: &PackOptions) -> Result<()> {
                 "zstd level must be 1..=22, got {level}"
             )));
         }
+    }
+    if opts.zstd_dictionary == crate::writer::DictionaryMode::On && opts.codec == Codec::Raw {
+        return Err(Error::invalid("a zstd dictionary needs the zstd codec"));
     }
     if opts.jobs == Some(0) {
         return Err(Error::invalid("jobs must be at least 1"));
@@ -385,6 +396,8 @@ pub(crate) fn pack_files(
     let bar = progress_bar(opts.progress, files.len() as u64, "images");
     bar.set_message("packing");
 
+    // With a dictionary the writer compresses: records are only filtered here.
+    let dictionary = writer.compresses();
     let mut skipped = Vec::new();
     let mut packed_sources = Vec::with_capacity(files.len());
     let chunk = 64 * threads;
@@ -398,7 +411,7 @@ pub(crate) fn pack_files(
                 .map(|f| {
                     let path = root.join(&f.rel);
                     let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-                    encode(process(&bytes, &spec)?, opts.codec, geometry)
+                    encode(process(&bytes, &spec)?, opts.codec, geometry, !dictionary)
                 })
                 .collect()
         });
@@ -470,18 +483,24 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     };
     let files = &folder.files[first as usize..end as usize];
     let mut writer = ShardWriter::new(&tmp_path, geometry, opts.codec, opts.shard_size);
+    if opts
+        .zstd_dictionary
+        .applies(opts.codec, geometry.record_bytes())
+    {
+        writer = writer.with_dictionary()?;
+    }
     let (packed_sources, skipped) = pack_files(&folder.root, files, opts, &mut writer, &|| {
         format!(
             "packing {} stopped; nothing was written there",
             dst.display()
         )
     })?;
-    let shards = writer.finish()?;
+    let (shards, version) = writer.finish_with_version()?;
 
     let num_samples = packed_sources.len() as u64;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        version: opts.codec.format_version(),
+        version,
         geometry,
         dtype: "uint8".into(),
         layout: "HWC".into(),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::Mmap;
+use zstd::zstd_safe;
 
 use crate::error::{Error, Result};
 use crate::format::{
@@ -45,6 +46,8 @@ pub struct Shard {
     header: ShardHeader,
     /// Set once the whole shard has passed verification (checked-read mode `shard`).
     verified: AtomicBool,
+    /// The shard's zstd dictionary, prepared for decompression (format version 3).
+    dict: Option<zstd_safe::DDict<'static>>,
 }
 
 impl Shard {
@@ -87,6 +90,19 @@ impl Shard {
     }
     pub fn size_bytes(&self) -> u64 {
         self.mmap.len() as u64
+    }
+    /// Format version of this shard's header.
+    pub fn version(&self) -> u32 {
+        self.header.version
+    }
+    /// Size in bytes of the zstd dictionary stored in this shard (0: none).
+    pub fn dictionary_size(&self) -> u32 {
+        self.header.dict_size
+    }
+    /// The zstd dictionary stored in this shard, if any.
+    pub fn dictionary(&self) -> Option<&[u8]> {
+        (self.header.dict_size > 0)
+            .then(|| self.table(self.header.dict_offset, self.header.dict_size as u64))
     }
 
     /// Check that the file behind the mapping still has the length and times it had at open.
@@ -182,7 +198,8 @@ pub struct Dataset {
 }
 
 thread_local! {
-    static ZSTD: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    /// This thread's zstd decompression context, reused for every record.
+    static ZSTD: RefCell<Option<zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
     /// A decompressed record, for [`Dataset::with_record`].
     static RECORD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -274,12 +291,20 @@ impl Dataset {
                     "image geometry differs from the manifest",
                 ));
             }
-            if header.version != manifest.version {
+            // A shard is written at the oldest version that describes it, so the shards of a
+            // merged dataset can differ (a small part without a dictionary is version 2 in a
+            // version 3 dataset): each must be at least what the codec needs and at most the
+            // manifest's version.
+            if header.version > manifest.version || header.version < manifest.codec.format_version()
+            {
                 return Err(Error::corrupt(
                     &sname,
                     format!(
-                        "shard version {} differs from the manifest's {}",
-                        header.version, manifest.version
+                        "shard version {} does not fit the manifest's version {} (codec {:?} needs at least {})",
+                        header.version,
+                        manifest.version,
+                        manifest.codec.name(),
+                        manifest.codec.format_version()
                     ),
                 ));
             }
@@ -306,14 +331,27 @@ impl Dataset {
                     "shard is out of order (first record index)",
                 ));
             }
-            let shard = Shard {
+            let mut shard = Shard {
                 name: sname.clone(),
                 file,
                 stamp,
                 mmap,
                 header,
                 verified: AtomicBool::new(false),
+                dict: None,
             };
+            if let Some(d) = shard.dictionary() {
+                if crc32fast::hash(d) != header.dict_crc {
+                    return Err(Error::corrupt(
+                        &sname,
+                        "zstd dictionary is damaged (its CRC-32 does not match the header)",
+                    ));
+                }
+                let ddict = zstd_safe::DDict::try_create(d).ok_or_else(|| {
+                    Error::corrupt(&sname, "zstd dictionary cannot be loaded (it is damaged)")
+                })?;
+                shard.dict = Some(ddict);
+            }
             let labels = shard.labels();
             for j in 0..header.num_records as usize {
                 if table_u32(labels, j) as u64 >= num_classes {
@@ -437,23 +475,23 @@ impl Dataset {
         match self.manifest.codec {
             Codec::Raw => dst.copy_from_slice(src),
             Codec::Zstd { .. } => {
+                // Straight into the caller's slot: no scratch buffer, no second copy.
                 let n = ZSTD.with(|cell| {
                     let mut slot = cell.borrow_mut();
-                    if slot.is_none() {
-                        *slot = Some(
-                            zstd::bulk::Decompressor::new()
-                                .map_err(|e| Error::io(&shard.name, e))?,
-                        );
+                    let dctx = slot.get_or_insert_with(zstd_safe::DCtx::create);
+                    match &shard.dict {
+                        Some(ddict) => dctx.decompress_using_ddict(dst, src, ddict),
+                        None => dctx.decompress(dst, src),
                     }
-                    slot.as_mut()
-                        .unwrap()
-                        .decompress_to_buffer(src, dst)
-                        .map_err(|e| {
-                            Error::corrupt(
-                                &shard.name,
-                                format!("record {j}: zstd frame is damaged: {e}"),
-                            )
-                        })
+                    .map_err(|code| {
+                        Error::corrupt(
+                            &shard.name,
+                            format!(
+                                "record {j}: zstd frame is damaged: {}",
+                                zstd_safe::get_error_name(code)
+                            ),
+                        )
+                    })
                 })?;
                 if n != rb {
                     return Err(Error::corrupt(

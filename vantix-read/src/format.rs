@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! [header: 128 bytes][labels: n x u32][crc table: n x u32][offsets: (n+1) x u64, zstd only]
-//! [padding to 4096][data]
+//! [zstd dictionary, optional][padding to 4096][data]
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -13,9 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Newest version of the format this library reads and writes (manifest and shard header).
-/// Version 2 added the prediction filter (`codec.filter`, header bytes 96..100); a dataset
-/// that uses no version 2 feature is written as version 1, so older readers still open it.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 2 added the prediction filter (`codec.filter`, header bytes 96..100); version 3 the
+/// trained zstd dictionary stored in each shard (header bytes 100..116). A dataset is written
+/// as the oldest version that can describe it, so older readers still open what they can read.
+pub const FORMAT_VERSION: u32 = 3;
+/// The format version of a shard (and dataset) whose records are compressed with a dictionary.
+pub const DICTIONARY_VERSION: u32 = 3;
+/// Largest zstd dictionary a reader accepts (bytes).
+pub const MAX_DICTIONARY_BYTES: u32 = 1 << 20;
 /// Oldest version this library reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Name of the manifest inside a dataset directory.
@@ -367,7 +372,10 @@ impl Manifest {
 /// | 80 | 8 | data size |
 /// | 88 | 8 | global index of the first record |
 /// | 96 | 4 | prediction filter id (0 none, 1 left, 2 up, 3 avg, 4 paeth; zstd only) |
-/// | 100 | 24 | reserved, zero |
+/// | 100 | 4 | zstd dictionary size in bytes, 0 for none (version 3, zstd only) |
+/// | 104 | 8 | dictionary offset (right after the tables) or 0 |
+/// | 112 | 4 | CRC-32 of the dictionary bytes, or 0 |
+/// | 116 | 8 | reserved, zero |
 /// | 124 | 4 | CRC-32 of bytes 0..124 |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardHeader {
@@ -383,6 +391,10 @@ pub struct ShardHeader {
     pub data_offset: u64,
     pub data_size: u64,
     pub first_index: u64,
+    /// Offset, size and CRC-32 of the shard's zstd dictionary (all 0 without one).
+    pub dict_offset: u64,
+    pub dict_size: u32,
+    pub dict_crc: u32,
 }
 
 fn u32_at(b: &[u8], o: usize) -> u32 {
@@ -401,6 +413,39 @@ impl ShardHeader {
         data_size: u64,
         first_index: u64,
     ) -> Self {
+        Self::layout_with_dictionary(geometry, codec, num_records, data_size, first_index, None)
+    }
+
+    /// [`layout`](Self::layout) for a zstd shard that stores `dictionary` (its records are
+    /// compressed with it) after its tables; the shard is then format version 3.
+    pub fn layout_with_dictionary(
+        geometry: Geometry,
+        codec: Codec,
+        num_records: u64,
+        data_size: u64,
+        first_index: u64,
+        dictionary: Option<&[u8]>,
+    ) -> Self {
+        let (size, crc) = dictionary.map_or((0, 0), |d| (d.len() as u32, crc32fast::hash(d)));
+        Self::layout_parts(
+            geometry,
+            codec,
+            num_records,
+            data_size,
+            first_index,
+            (size, crc),
+        )
+    }
+
+    /// The layout with a dictionary of `dict_size` bytes whose CRC-32 is `dict_crc`.
+    fn layout_parts(
+        geometry: Geometry,
+        codec: Codec,
+        num_records: u64,
+        data_size: u64,
+        first_index: u64,
+        (dict_size, dict_crc): (u32, u32),
+    ) -> Self {
         let labels_offset = HEADER_SIZE as u64;
         let crc_offset = labels_offset + 4 * num_records;
         let (offsets_offset, tables_end) = match codec {
@@ -414,8 +459,14 @@ impl ShardHeader {
             Codec::Raw => geometry.raw_stride(),
             Codec::Zstd { .. } => 0,
         };
+        let (dict_offset, dict_crc, version) = if dict_size > 0 {
+            (tables_end, dict_crc, DICTIONARY_VERSION)
+        } else {
+            (0, 0, codec.format_version())
+        };
+        let tables_end = tables_end + dict_size as u64;
         ShardHeader {
-            version: codec.format_version(),
+            version,
             geometry,
             codec_id: codec.id(),
             filter_id: codec.filter().id(),
@@ -427,6 +478,9 @@ impl ShardHeader {
             data_offset: align_up(tables_end, DATA_ALIGN),
             data_size,
             first_index,
+            dict_offset,
+            dict_size,
+            dict_crc,
         }
     }
 
@@ -445,6 +499,9 @@ impl ShardHeader {
         b[24..28].copy_from_slice(&self.geometry.channels.to_le_bytes());
         b[28..32].copy_from_slice(&self.codec_id.to_le_bytes());
         b[96..100].copy_from_slice(&self.filter_id.to_le_bytes());
+        b[100..104].copy_from_slice(&self.dict_size.to_le_bytes());
+        b[104..112].copy_from_slice(&self.dict_offset.to_le_bytes());
+        b[112..116].copy_from_slice(&self.dict_crc.to_le_bytes());
         for (i, v) in [
             self.num_records,
             self.stride,
@@ -497,7 +554,12 @@ impl ShardHeader {
                 "header checksum mismatch (header is damaged)",
             ));
         }
-        if b[100..124].iter().any(|&x| x != 0) {
+        let reserved = if version < DICTIONARY_VERSION {
+            100
+        } else {
+            116
+        };
+        if b[reserved..124].iter().any(|&x| x != 0) {
             return Err(Error::corrupt(file, "reserved header bytes are not zero"));
         }
         let geometry = Geometry {
@@ -519,6 +581,9 @@ impl ShardHeader {
             data_offset: u64_at(b, 72),
             data_size: u64_at(b, 80),
             first_index: u64_at(b, 88),
+            dict_offset: u64_at(b, 104),
+            dict_size: u32_at(b, 100),
+            dict_crc: u32_at(b, 112),
         };
         // Every table must sit where `layout` puts it: this bounds all offsets by the file size
         // with plain arithmetic, before anything is read or allocated.
@@ -546,20 +611,50 @@ impl ShardHeader {
             1 => Codec::Zstd { level: 0, filter },
             c => return Err(Error::corrupt(file, format!("unknown codec id {c}"))),
         };
-        let expect =
-            ShardHeader::layout(geometry, codec, h.num_records, h.data_size, h.first_index);
+        if h.dict_size > MAX_DICTIONARY_BYTES {
+            return Err(Error::corrupt(
+                file,
+                format!(
+                    "zstd dictionary of {} bytes is over the {MAX_DICTIONARY_BYTES}-byte limit",
+                    h.dict_size
+                ),
+            ));
+        }
+        if h.dict_size > 0 && codec == Codec::Raw {
+            return Err(Error::corrupt(file, "raw records cannot have a dictionary"));
+        }
+        if version >= DICTIONARY_VERSION && h.dict_size == 0 {
+            return Err(Error::corrupt(
+                file,
+                format!("a version {version} shard must hold a zstd dictionary"),
+            ));
+        }
+        // The layout of a shard with a dictionary of this size: the dictionary's place is fixed
+        // too, so its bounds are checked by the comparison below.
+        let expect = ShardHeader::layout_parts(
+            geometry,
+            codec,
+            h.num_records,
+            h.data_size,
+            h.first_index,
+            (h.dict_size, h.dict_crc),
+        );
         if (
             h.stride,
             h.labels_offset,
             h.crc_offset,
             h.offsets_offset,
             h.data_offset,
+            h.dict_offset,
+            h.dict_crc,
         ) != (
             expect.stride,
             expect.labels_offset,
             expect.crc_offset,
             expect.offsets_offset,
             expect.data_offset,
+            expect.dict_offset,
+            expect.dict_crc,
         ) {
             return Err(Error::corrupt(
                 file,
@@ -650,6 +745,57 @@ mod tests {
         assert_eq!(
             ShardHeader::decode(&h.encode(), h.file_size(), "s").unwrap(),
             h
+        );
+    }
+
+    #[test]
+    fn dictionary_layout_round_trips_and_is_checked() {
+        let g = Geometry {
+            width: 32,
+            height: 32,
+            channels: 3,
+        };
+        let codec = Codec::Zstd {
+            level: 3,
+            filter: Filter::Up,
+        };
+        let dict = vec![7u8; 5000];
+        let h = ShardHeader::layout_with_dictionary(g, codec, 10, 1234, 0, Some(&dict));
+        assert_eq!(h.version, DICTIONARY_VERSION);
+        let tables_end = 128 + 40 + 40 + 88;
+        assert_eq!((h.dict_offset, h.dict_size), (tables_end, 5000));
+        assert_eq!(h.dict_crc, crc32fast::hash(&dict));
+        assert_eq!(h.data_offset, align_up(tables_end + 5000, DATA_ALIGN));
+        let b = h.encode();
+        assert_eq!(ShardHeader::decode(&b, h.file_size(), "s").unwrap(), h);
+        for i in 0..HEADER_SIZE {
+            let mut d = b;
+            d[i] ^= 0x04;
+            assert!(
+                ShardHeader::decode(&d, h.file_size(), "s").is_err(),
+                "flip at {i} undetected"
+            );
+        }
+        // Layout errors behind a valid header CRC: a version 3 shard without a dictionary, a
+        // dictionary offset elsewhere, a dictionary on raw records, one over the limit (the
+        // dictionary CRC itself is checked against the bytes by `Dataset::open`).
+        let reencode = |f: &dyn Fn(&mut ShardHeader)| {
+            let mut x = h;
+            f(&mut x);
+            ShardHeader::decode(&x.encode(), x.file_size(), "s")
+        };
+        assert!(reencode(&|x| x.dict_size = 0).is_err());
+        assert!(reencode(&|x| x.dict_offset += 8).is_err());
+        assert!(reencode(&|x| x.dict_size = MAX_DICTIONARY_BYTES + 1).is_err());
+        assert!(reencode(&|x| x.version = 2).is_err());
+        let raw = ShardHeader::layout_with_dictionary(g, Codec::Raw, 1, 3072, 0, Some(&dict));
+        assert!(ShardHeader::decode(&raw.encode(), raw.file_size(), "s").is_err());
+        // No dictionary: the layout of before (version 2 for a filter).
+        let plain = ShardHeader::layout_with_dictionary(g, codec, 10, 1234, 0, None);
+        assert_eq!(plain, ShardHeader::layout(g, codec, 10, 1234, 0));
+        assert_eq!(
+            (plain.version, plain.dict_offset, plain.dict_size),
+            (2, 0, 0)
         );
     }
 }

@@ -34,6 +34,18 @@ impl TinyDataset {
 
 /// A valid dataset of 7 images of 5x4 RGB in 2 classes, in two shards (4 + 3 records).
 pub fn tiny_dataset(codec: Codec) -> TinyDataset {
+    build_tiny(codec, None)
+}
+
+/// [`tiny_dataset`] whose zstd records are compressed with a dictionary stored in each shard
+/// (format version 3). The dictionary is raw content (zstd accepts any bytes as one): a
+/// trained one needs far more samples than 7 records.
+pub fn tiny_dataset_with_dictionary(level: i32, filter: crate::Filter) -> TinyDataset {
+    let dict: Vec<u8> = (0..256u32).map(|b| (b * 11 % 251) as u8).collect();
+    build_tiny(Codec::Zstd { level, filter }, Some(&dict))
+}
+
+fn build_tiny(codec: Codec, dictionary: Option<&[u8]>) -> TinyDataset {
     let geometry = Geometry {
         width: 5,
         height: 4,
@@ -57,7 +69,12 @@ pub fn tiny_dataset(codec: Codec) -> TinyDataset {
                     let row = (geometry.width * geometry.channels) as usize;
                     let mut filtered = vec![0u8; r.len()];
                     crate::filter::apply(filter, r, &mut filtered, row, geometry.channels as usize);
-                    zstd::bulk::compress(&filtered, level).expect("zstd")
+                    match dictionary {
+                        Some(d) => zstd::bulk::Compressor::with_dictionary(level, d)
+                            .and_then(|mut c| c.compress(&filtered))
+                            .expect("zstd"),
+                        None => zstd::bulk::compress(&filtered, level).expect("zstd"),
+                    }
                 }
             })
             .collect();
@@ -70,7 +87,14 @@ pub fn tiny_dataset(codec: Codec) -> TinyDataset {
             }
             offsets.push(data.len() as u64);
         }
-        let h = ShardHeader::layout(geometry, codec, n as u64, data.len() as u64, first as u64);
+        let h = ShardHeader::layout_with_dictionary(
+            geometry,
+            codec,
+            n as u64,
+            data.len() as u64,
+            first as u64,
+            dictionary,
+        );
         let mut bytes = h.encode().to_vec();
         for l in &labels[first..first + n] {
             bytes.extend_from_slice(&l.to_le_bytes());
@@ -82,6 +106,9 @@ pub fn tiny_dataset(codec: Codec) -> TinyDataset {
             offsets
                 .iter()
                 .for_each(|o| bytes.extend_from_slice(&o.to_le_bytes()));
+        }
+        if let Some(d) = dictionary {
+            bytes.extend_from_slice(d);
         }
         bytes.resize(h.data_offset as usize, 0);
         bytes.extend_from_slice(&data);
@@ -97,7 +124,11 @@ pub fn tiny_dataset(codec: Codec) -> TinyDataset {
     }
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        version: codec.format_version(),
+        version: if dictionary.is_some() {
+            crate::format::DICTIONARY_VERSION
+        } else {
+            codec.format_version()
+        },
         geometry,
         dtype: "uint8".into(),
         layout: "HWC".into(),

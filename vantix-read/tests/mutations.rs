@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use vantix_read::format::MANIFEST_NAME;
+use vantix_read::testing::tiny_dataset_with_dictionary;
 use vantix_read::testing::{exercise, exercise_files, mutate, parse_untrusted, tiny_dataset};
 use vantix_read::testing::{Outcome, TinyDataset};
 use vantix_read::{Codec, Dataset, Error, Filter};
@@ -70,11 +71,24 @@ fn codecs() -> [Codec; 3] {
     ]
 }
 
+/// Every codec's tiny dataset, and zstd+up with a dictionary: (name, seed, dataset).
+fn variants() -> Vec<(String, u64, TinyDataset)> {
+    let mut v: Vec<(String, u64, TinyDataset)> = codecs()
+        .into_iter()
+        .map(|c| (label(c), c.id() as u64, tiny_dataset(c)))
+        .collect();
+    v.push((
+        "zstd+up+dictionary".into(),
+        3,
+        tiny_dataset_with_dictionary(3, Filter::Up),
+    ));
+    v
+}
+
 #[test]
 fn the_tiny_dataset_is_valid() {
-    for codec in codecs() {
+    for (_, _, t) in variants() {
         let dir = scratch();
-        let t = tiny_dataset(codec);
         t.write_to(dir.path()).unwrap();
         assert!(matches!(exercise(dir.path(), &t), Outcome::Intact));
     }
@@ -82,10 +96,9 @@ fn the_tiny_dataset_is_valid() {
 
 #[test]
 fn random_mutations_never_panic() {
-    for codec in codecs() {
-        let pristine = tiny_dataset(codec);
+    for (name, seed, pristine) in variants() {
         let dir = scratch();
-        let mut rng = Rng(0x5eed_0000 + codec.id() as u64);
+        let mut rng = Rng(0x5eed_0000 + seed);
         let mut tally: BTreeMap<&str, u64> = BTreeMap::new();
         for _ in 0..MUTATIONS {
             let mut files = pristine.files.clone();
@@ -105,11 +118,7 @@ fn random_mutations_never_panic() {
             }
             *tally.entry(kind(&outcome)).or_default() += 1;
         }
-        println!(
-            "{} mutations of a {} dataset: {tally:?}",
-            MUTATIONS,
-            label(codec)
-        );
+        println!("{MUTATIONS} mutations of a {name} dataset: {tally:?}");
         assert_eq!(tally.values().sum::<u64>(), MUTATIONS);
         assert!(tally["rejected at open"] > MUTATIONS / 4);
     }
@@ -152,24 +161,18 @@ fn flip_every_bit(path: &Path, dir: &Path, t: &TinyDataset) -> u64 {
 
 #[test]
 fn every_single_bit_flip_in_a_shard_is_detected() {
-    for codec in codecs() {
+    for (name, _, t) in variants() {
         let dir = scratch();
-        let t = tiny_dataset(codec);
         t.write_to(dir.path()).unwrap();
         let flips = flip_every_bit(&dir.path().join("shard-00001.vxs"), dir.path(), &t);
-        println!(
-            "{} single-bit flips of a {} shard, all detected",
-            flips,
-            label(codec)
-        );
+        println!("{flips} single-bit flips of a {name} shard, all detected");
     }
 }
 
 #[test]
 fn every_truncation_and_extension_of_a_shard_fails_at_open() {
-    for codec in codecs() {
+    for (_, _, t) in variants() {
         let dir = scratch();
-        let t = tiny_dataset(codec);
         t.write_to(dir.path()).unwrap();
         let path = dir.path().join("shard-00000.vxs");
         let good = std::fs::read(&path).unwrap();
@@ -193,6 +196,56 @@ fn every_truncation_and_extension_of_a_shard_fails_at_open() {
             );
         }
     }
+}
+
+#[test]
+fn a_damaged_dictionary_is_an_error_naming_the_shard() {
+    let t = tiny_dataset_with_dictionary(3, Filter::Up);
+    assert_eq!(t.files[2].0, "shard-00001.vxs");
+    let shard = &t.files[2].1;
+    let h = vantix_read::format::ShardHeader::decode(shard, shard.len() as u64, "s").unwrap();
+    assert_eq!((h.version, h.dict_size), (3, 256));
+    let dir = scratch();
+    t.write_to(dir.path()).unwrap();
+    let ds = Dataset::open(dir.path()).unwrap();
+    assert_eq!(ds.shards()[1].dictionary_size(), 256);
+    drop(ds);
+    // One byte of the dictionary changed: refused at open, by its CRC.
+    let path = dir.path().join("shard-00001.vxs");
+    let mut bad = shard.clone();
+    bad[h.dict_offset as usize + 100] ^= 0x40;
+    std::fs::write(&path, &bad).unwrap();
+    let e = Dataset::open(dir.path()).err().expect("damaged dictionary");
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("shard-00001.vxs") && msg.contains("dictionary"),
+        "{msg}"
+    );
+    // A different dictionary with a matching CRC (a shard copied with the wrong dictionary):
+    // the records no longer decompress to the packed pixels, and reading says so.
+    let other = tiny_dataset_with_dictionary(3, Filter::Up);
+    let mut swapped = shard.clone();
+    let d = h.dict_offset as usize..h.dict_offset as usize + 256;
+    swapped[d.clone()]
+        .iter_mut()
+        .for_each(|b| *b = b.wrapping_add(1));
+    let dict_crc = crc32fast::hash(&swapped[d]);
+    swapped[112..116].copy_from_slice(&dict_crc.to_le_bytes());
+    let crc = crc32fast::hash(&swapped[..124]);
+    swapped[124..128].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &swapped).unwrap();
+    let ds = Dataset::open(dir.path()).unwrap();
+    let mut px = vec![0u8; ds.record_bytes()];
+    let read = ds.read_into(5, &mut px);
+    assert!(
+        read.is_err() || px != other.images[5],
+        "wrong dictionary went unnoticed"
+    );
+    assert!(
+        ds.verify().is_err(),
+        "the manifest's xxh3 covers the dictionary"
+    );
 }
 
 #[test]
