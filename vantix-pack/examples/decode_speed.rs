@@ -1,4 +1,5 @@
-//! Time the decode + resize paths on image files, one thread, in one run:
+//! Time the decode + resize paths on image files, one image at a time, in one run (the scaled
+//! path's `jpeg-decoder` may spread a colour image's components over idle cores):
 //!
 //! ```text
 //! cargo run --release -p vantix-pack --example decode_speed -- DIR_OR_FILE... [--size N]
@@ -70,7 +71,10 @@ fn main() {
             *best = best.min(t.elapsed().as_secs_f64() * 1e3 / data.len() as f64);
         }
     }
-    println!("{} files, target {size}x{size}, one thread:", data.len());
+    println!(
+        "{} files, target {size}x{size}, one image at a time:",
+        data.len()
+    );
     for (name, ms) in names.iter().zip(best) {
         println!(
             "  {name:16} {ms:7.2} ms/image  ({:.2}x the v0.1 path)",
