@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
+
+#: Where the venv's console scripts (``vantix-pack``) are.
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``vantix-pack`` console script; fail with its stderr unless ``check``
+    is false."""
+    proc = subprocess.run(
+        [str(BIN / "vantix-pack"), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vantix-pack failed ({proc.returncode}): {proc.stderr}")
+    return proc
 
 
 def write_image_folder(

@@ -7,17 +7,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BIN, run_cli
 from PIL import Image
 
 import vantix
 from vantix import VantixDataset, VantixError
-
-BIN = Path(sys.executable).parent
 
 
 def _folder(root: Path, n_per_class=6, size=(48, 36)) -> Path:
@@ -41,15 +39,6 @@ def _add_bad_files(root: Path) -> list[str]:
 @pytest.fixture
 def src(tmp_path):
     return _folder(tmp_path / "train")
-
-
-def run_cli(*args, check=True):
-    proc = subprocess.run(
-        [str(BIN / "vantix-pack"), *map(str, args)], capture_output=True, text=True, timeout=120
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vantix-pack failed ({proc.returncode}): {proc.stderr}")
-    return proc
 
 
 def test_cli_seed_command_and_size_wxh(src, tmp_path):

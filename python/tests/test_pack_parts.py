@@ -4,28 +4,17 @@ appending adds new shards and keeps the old records' indices."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 import vantix
 from vantix import VantixDataset, VantixError, VantixLoader
 
-BIN = Path(sys.executable).parent
 SIZE = 12
-
-
-def run_cli(*args, check=True):
-    proc = subprocess.run(
-        [str(BIN / "vantix-pack"), *map(str, args)], capture_output=True, text=True, timeout=120
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vantix-pack failed ({proc.returncode}): {proc.stderr}")
-    return proc
 
 
 def _image(rng: np.random.Generator, path: Path) -> None:

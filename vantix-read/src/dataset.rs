@@ -600,16 +600,22 @@ impl Dataset {
         Ok(self.position(i)?.0)
     }
 
-    /// Check, before serving from the shards of `indices`, that none of them has changed on
-    /// disk since open ([`Shard::check_unchanged`]) and, as `verify` asks, that their checksums
-    /// hold: `Shard` verifies each shard once, `Record` checks each record's CRC-32.
-    pub fn check_before_read(&self, indices: &[u64], verify: Verify) -> Result<()> {
+    /// The distinct shards (ascending) that hold `indices`.
+    fn shards_of(&self, indices: &[u64]) -> Result<Vec<usize>> {
         let mut ks = indices
             .iter()
             .map(|&i| self.shard_of(i as usize))
             .collect::<Result<Vec<_>>>()?;
         ks.sort_unstable();
         ks.dedup();
+        Ok(ks)
+    }
+
+    /// Check, before serving from the shards of `indices`, that none of them has changed on
+    /// disk since open ([`Shard::check_unchanged`]) and, as `verify` asks, that their checksums
+    /// hold: `Shard` verifies each shard once, `Record` checks each record's CRC-32.
+    pub fn check_before_read(&self, indices: &[u64], verify: Verify) -> Result<()> {
+        let ks = self.shards_of(indices)?;
         for &k in &ks {
             let shard = &self.shards[k];
             shard.check_unchanged()?;
@@ -628,12 +634,7 @@ impl Dataset {
     /// Check, after serving from the shards of `indices`, that none of them changed while the
     /// records were copied (a rewrite in place would have given a torn batch).
     pub fn check_after_read(&self, indices: &[u64]) -> Result<()> {
-        let mut ks = indices
-            .iter()
-            .map(|&i| self.shard_of(i as usize))
-            .collect::<Result<Vec<_>>>()?;
-        ks.sort_unstable();
-        ks.dedup();
+        let ks = self.shards_of(indices)?;
         ks.iter()
             .try_for_each(|&k| self.shards[k].check_unchanged())
     }
