@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence
 
 from common import (
     REPO,
+    check_at_least_one,
     command,
     loader_epochs,
     rel,
@@ -159,10 +160,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=REPO / "assets" / "benchmark_compression.json")
     args = parser.parse_args(argv)
-    for opt in ("num_images", "batch_size", "epochs"):
-        value = getattr(args, opt)
-        if value is not None and value < 1:
-            parser.error(f"--{opt.replace('_', '-')} must be at least 1")
+    check_at_least_one(parser, args, ("num_images", "batch_size", "epochs"))
     return args
 
 

@@ -45,7 +45,15 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from common import REPO, command, rel, report_head, report_machine, write_report
+from common import (
+    REPO,
+    check_at_least_one,
+    command,
+    rel,
+    report_head,
+    report_machine,
+    write_report,
+)
 
 #: Images per profile by default and with ``--tiny``.
 DEFAULT_IMAGES = {"imagenet-std": 300, "4k-medical": 80, "4k-photo": 80}
@@ -336,8 +344,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:
         args.trials = 1
-    if args.trials < 1 or (args.num_images is not None and args.num_images < 1):
-        parser.error("--trials and --num-images must be at least 1")
+    check_at_least_one(parser, args, ("trials", "num_images"))
     return args
 
 

@@ -25,8 +25,8 @@ use vantix_read::{Dataset, Error, Result};
 
 use crate::imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
 use crate::pack::{
-    pack_files, report, source_list_hash, sync_dir, write_synced, Interrupt, PackOptions,
-    PackReport, DEFAULT_SHARD_SIZE, SOURCES_NAME,
+    pack_files, read_sources, report, source_list_hash, sync_dir, write_synced, Interrupt,
+    PackOptions, PackReport, DEFAULT_SHARD_SIZE, SOURCES_NAME,
 };
 use crate::walk::{scan, SourceFile};
 use crate::writer::ShardWriter;
@@ -136,35 +136,6 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         })
 }
 
-fn read_sources(dataset: &Path, num_samples: u64) -> Result<Vec<String>> {
-    let path = dataset.join(SOURCES_NAME);
-    let bytes = std::fs::read(&path).map_err(|e| {
-        Error::invalid(format!(
-            "{}: cannot read it ({e}); append needs the list of packed files to tell new \
-             images from packed ones",
-            path.display()
-        ))
-    })?;
-    let mut sources: Vec<String> = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::corrupt(
-            path.display().to_string(),
-            format!("not a JSON list of file names: {e}"),
-        )
-    })?;
-    if (sources.len() as u64) < num_samples {
-        return Err(Error::corrupt(
-            path.display().to_string(),
-            format!(
-                "lists {} files but the dataset holds {num_samples} records",
-                sources.len()
-            ),
-        ));
-    }
-    // Entries past num_samples belong to an append that did not commit.
-    sources.truncate(num_samples as usize);
-    Ok(sources)
-}
-
 /// The options `pack` would need to make records like the dataset's.
 fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOptions> {
     let bad = |what: &str, v: &str| {
@@ -243,7 +214,11 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
     }
     let pack_opts = settings_of(&manifest, opts, &mname)?;
     remove_strays(dataset, &manifest);
-    let mut sources = read_sources(dataset, manifest.num_samples)?;
+    let mut sources = read_sources(
+        dataset,
+        manifest.num_samples,
+        "append needs the list of packed files to tell new images from packed ones",
+    )?;
 
     let folder = scan(src)?;
     let mut classes = manifest.classes.clone();

@@ -18,7 +18,7 @@ use vantix_read::format::{Manifest, PartInfo, ShardHeader, ShardInfo, HEADER_SIZ
 use vantix_read::{Dataset, Error, Result};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::pack::{explain_partial_error, progress_bar, report, PackReport, Staging, SOURCES_NAME};
+use crate::pack::{explain_partial_error, progress_bar, read_sources, report, PackReport, Staging};
 use crate::writer::shard_name;
 
 /// What `merge` needs besides the parts and the output path.
@@ -157,27 +157,6 @@ fn check_parts(mut parts: Vec<Part>) -> Result<Vec<Part>> {
     Ok(parts)
 }
 
-fn read_sources(dataset: &Path, expect: u64) -> Result<Vec<String>> {
-    let path = dataset.join(SOURCES_NAME);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let sources: Vec<String> = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::corrupt(
-            path.display().to_string(),
-            format!("not a JSON list of file names: {e}"),
-        )
-    })?;
-    if (sources.len() as u64) < expect {
-        return Err(Error::corrupt(
-            path.display().to_string(),
-            format!(
-                "lists {} files but the dataset holds {expect} records",
-                sources.len()
-            ),
-        ));
-    }
-    Ok(sources)
-}
-
 /// Copy the shard `src` (described by `info` in its part's manifest) to `dst` with its first
 /// record's global index set to `first_index`; checks the source's xxh3 on the way and returns
 /// the new shard's description.
@@ -292,9 +271,11 @@ fn merge_atomically(parts: &[PathBuf], dst: &Path, opts: &MergeOptions) -> Resul
     let mut skipped = Vec::new();
     let mut num_samples = 0u64;
     for p in &parts {
-        let mut part_sources = read_sources(&p.path, p.manifest.num_samples)?;
-        part_sources.truncate(p.manifest.num_samples as usize);
-        sources.extend(part_sources);
+        sources.extend(read_sources(
+            &p.path,
+            p.manifest.num_samples,
+            "merge joins the parts' lists of packed files",
+        )?);
         for info in &p.manifest.shards {
             let out = staging.dir().join(shard_name(shards.len()));
             shards.push(copy_shard(
@@ -336,7 +317,7 @@ fn merge_atomically(parts: &[PathBuf], dst: &Path, opts: &MergeOptions) -> Resul
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::pack::{pack, PackOptions};
+    use crate::pack::{pack, PackOptions, SOURCES_NAME};
 
     /// An ImageFolder with classes of 5, 1 and 4 images of varied sizes, plus one unreadable
     /// file; returns its root.

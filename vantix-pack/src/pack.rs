@@ -26,6 +26,31 @@ use crate::writer::ShardWriter;
 /// Name of the informational list of source files, in record order.
 pub const SOURCES_NAME: &str = "sources.json";
 
+/// The first `num_samples` entries of a dataset's `sources.json` (entries past them belong to
+/// an append that did not commit). `why` says, in a read error, what needs the list.
+pub(crate) fn read_sources(dataset: &Path, num_samples: u64, why: &str) -> Result<Vec<String>> {
+    let path = dataset.join(SOURCES_NAME);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| Error::invalid(format!("{}: cannot read it ({e}); {why}", path.display())))?;
+    let mut sources: Vec<String> = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::corrupt(
+            path.display().to_string(),
+            format!("not a JSON list of file names: {e}"),
+        )
+    })?;
+    if (sources.len() as u64) < num_samples {
+        return Err(Error::corrupt(
+            path.display().to_string(),
+            format!(
+                "lists {} files but the dataset holds {num_samples} records",
+                sources.len()
+            ),
+        ));
+    }
+    sources.truncate(num_samples as usize);
+    Ok(sources)
+}
+
 /// Packing options (the CLI's flags and `vantix.pack`'s arguments).
 #[derive(Clone, Debug)]
 pub struct PackOptions {
