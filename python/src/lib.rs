@@ -18,7 +18,7 @@ use vantix_pack::{
 };
 use vantix_read::{
     Allocator, Codec, DType, EpochIter, ExternalMemory, Layout, LoaderConfig, Next, Order,
-    PooledBuffer, Verify,
+    PooledBuffer, Stopper, Verify,
 };
 
 /// How long a wait for a batch (or a pack) goes without checking for Ctrl-C.
@@ -334,30 +334,56 @@ impl Loader {
     }
 
     /// This rank's sample indices for `epoch` entered `start` samples into its permutation,
-    /// in the order the batches yield them.
-    #[pyo3(signature = (epoch, start=0))]
+    /// in the order the batches yield them (`rank`/`world_size`: the constructor's when None).
+    #[pyo3(signature = (epoch, start=0, rank=None, world_size=None))]
     fn epoch_indices<'py>(
         &self,
         py: Python<'py>,
         epoch: u64,
         start: u64,
-    ) -> Bound<'py, PyArray1<i64>> {
+        rank: Option<usize>,
+        world_size: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let loader = self.ranked(rank, world_size)?;
         let v: Vec<i64> = py.detach(|| {
-            let idx = self.inner.epoch_indices(epoch, start);
+            let idx = loader.epoch_indices(epoch, start);
             idx.into_iter().map(|i| i as i64).collect()
         });
-        PyArray1::from_vec(py, v)
+        Ok(PyArray1::from_vec(py, v))
     }
 
     /// Batches this rank yields in an epoch entered `start` samples into its permutation.
-    fn num_batches_from(&self, start: u64) -> usize {
-        self.inner.num_batches_from(start)
+    #[pyo3(signature = (start, rank=None, world_size=None))]
+    fn num_batches_from(
+        &self,
+        start: u64,
+        rank: Option<usize>,
+        world_size: Option<usize>,
+    ) -> PyResult<usize> {
+        Ok(self.ranked(rank, world_size)?.num_batches_from(start))
     }
 
-    /// Start the prefetch thread for `epoch`, `start` samples (all ranks) into its permutation.
-    fn iter_epoch(&self, py: Python<'_>, epoch: u64, start: u64) -> EpochIterator {
-        let it = py.detach(|| self.inner.epoch(epoch, start));
-        EpochIterator { it: Some(it) }
+    /// Start the prefetch thread for `epoch`, `start` samples (all ranks) into its permutation,
+    /// as rank `rank` of `world_size` (the constructor's when None).
+    #[pyo3(signature = (epoch, start, rank=None, world_size=None))]
+    fn iter_epoch(
+        &self,
+        py: Python<'_>,
+        epoch: u64,
+        start: u64,
+        rank: Option<usize>,
+        world_size: Option<usize>,
+    ) -> PyResult<EpochIterator> {
+        let loader = self.ranked(rank, world_size)?;
+        let it = py.detach(|| loader.epoch(epoch, start));
+        Ok(EpochIterator::new(it))
+    }
+
+    /// Assembly threads a pass uses in this process (the default: usable cores divided by
+    /// `LOCAL_WORLD_SIZE`).
+    #[getter]
+    fn num_threads(&self) -> usize {
+        self.inner.num_threads()
     }
 
     /// The augmentation drawn for dataset sample `index` in `epoch`:
@@ -379,21 +405,73 @@ impl Loader {
     }
 }
 
+impl Loader {
+    /// The loader as rank `rank` of `world_size` (the constructor's partition when None).
+    fn ranked(
+        &self,
+        rank: Option<usize>,
+        world_size: Option<usize>,
+    ) -> PyResult<Arc<vantix_read::Loader>> {
+        let c = self.inner.config();
+        let (r, w) = (rank.unwrap_or(c.rank), world_size.unwrap_or(c.world_size));
+        if (r, w) == (c.rank, c.world_size) {
+            return Ok(Arc::clone(&self.inner));
+        }
+        Ok(Arc::new(self.inner.for_rank(r, w).map_err(err)?))
+    }
+}
+
 /// Iterator over one epoch: `(images, labels [B] int64, indices [B] int64)`, images
 /// `[B,H,W,C]` uint8 without a transform, else in the transform's layout and dtype.
-#[pyclass(module = "vantix._native")]
+///
+/// Safe to share between threads: `close()` works from any thread (also while another one waits
+/// in `__next__`), and threads that call `__next__` at once are served one after the other,
+/// each batch to one of them.
+#[pyclass(frozen, module = "vantix._native")]
 struct EpochIterator {
-    it: Option<EpochIter>,
+    /// The pass; `None` once it is over or closed. Locked only without the GIL, and never for
+    /// longer than one `SIGNAL_CHECK` wait.
+    it: std::sync::Mutex<Option<EpochIter>>,
+    stopper: Stopper,
+    /// Set by `close()`: a pass stopped that way ends (an error it reports is the stop's).
+    closed: std::sync::atomic::AtomicBool,
+    /// The process that started the pass (a forked child must not touch the lock above).
+    pid: u32,
+}
+
+impl EpochIterator {
+    fn new(it: EpochIter) -> Self {
+        EpochIterator {
+            stopper: it.stopper(),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            it: std::sync::Mutex::new(Some(it)),
+            pid: std::process::id(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<EpochIter>> {
+        // A panic while locked leaves nothing half-done that matters here.
+        self.it.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Drop for EpochIterator {
     /// Join the prefetch thread without holding the GIL: the thread may need the GIL to
     /// allocate a buffer through a Python allocator.
     fn drop(&mut self) {
-        if let Some(it) = self.it.take() {
+        let it = self.it.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(it) = it {
             Python::attach(|py| py.detach(move || drop(it)));
         }
     }
+}
+
+/// What one wait in `EpochIterator.__next__` found.
+enum Step {
+    Batch(vantix_read::Batch),
+    Failed(vantix_read::Error),
+    Waiting,
+    End,
 }
 
 type BatchArrays<'py> = (
@@ -408,25 +486,42 @@ impl EpochIterator {
         slf
     }
 
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<BatchArrays<'py>>> {
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<BatchArrays<'py>>> {
+        if self.pid != std::process::id() {
+            return Err(VantixError::new_err(format!(
+                "this pass was started in process {} and cannot continue in a forked child \
+                 (its prefetch thread did not survive the fork); start a new pass (iter(loader)) \
+                 in this process",
+                self.pid
+            )));
+        }
         let batch = loop {
-            let Some(it) = self.it.as_mut() else {
-                return Ok(None);
-            };
             // Wait without the GIL, but come back often enough to let Ctrl-C (or any signal
-            // handler that raises) interrupt a wait for a slow batch; the iterator stays
-            // usable, and dropping it stops the prefetch thread.
-            match py.detach(|| it.next_timeout(SIGNAL_CHECK)) {
-                Next::Waiting => py.check_signals()?,
-                Next::End => {
-                    self.close(py);
-                    return Ok(None);
+            // handler that raises) interrupt a wait for a slow batch, and to let `close()`
+            // from another thread in; the iterator stays usable, and dropping it stops the
+            // prefetch thread.
+            let step = py.detach(|| {
+                let mut guard = self.lock();
+                let Some(it) = guard.as_mut() else {
+                    return Step::End;
+                };
+                let step = match it.next_timeout(SIGNAL_CHECK) {
+                    Next::Waiting => return Step::Waiting,
+                    Next::Batch(Ok(b)) => return Step::Batch(b),
+                    Next::End => Step::End,
+                    Next::Batch(Err(e)) => Step::Failed(e),
+                };
+                drop(guard.take()); // the pass is over: join its thread now
+                step
+            });
+            match step {
+                Step::Waiting => py.check_signals()?,
+                Step::End => return Ok(None),
+                Step::Failed(_) if self.closed.load(std::sync::atomic::Ordering::Acquire) => {
+                    return Ok(None); // the interruption `close()` asked for
                 }
-                Next::Batch(Err(e)) => {
-                    self.close(py);
-                    return Err(err(e));
-                }
-                Next::Batch(Ok(b)) => break b,
+                Step::Failed(e) => return Err(err(e)),
+                Step::Batch(b) => break b,
             }
         };
         let (shape, dtype) = (batch.shape, batch.dtype);
@@ -457,11 +552,16 @@ impl EpochIterator {
         Ok(Some((images, labels, indices)))
     }
 
-    /// Stop the prefetch thread now (also done when the iterator is garbage collected).
-    fn close(&mut self, py: Python<'_>) {
-        if let Some(it) = self.it.take() {
-            py.detach(move || drop(it));
+    /// Stop the prefetch thread now (also done when the iterator is garbage collected); from
+    /// any thread, also while another thread waits in `__next__` (which then ends the pass).
+    fn close(&self, py: Python<'_>) {
+        if self.pid != std::process::id() {
+            return; // the parent's pass: nothing of it runs here
         }
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.stopper.stop();
+        py.detach(|| drop(self.lock().take()));
     }
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
+import threading
 import warnings
 import weakref
 from collections import deque
@@ -191,21 +193,67 @@ def _verify_arg(verify: Any) -> Optional[str]:
     raise _native.VantixError(f"verify must be None, 'shard' or 'record', got {verify!r}")
 
 
-def _distributed_defaults(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
-    """``rank``/``world_size`` from the arguments, ``torch.distributed`` or torchrun's env."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    torch = _torch()
-    if torch is not None:
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            r = dist.get_rank() if rank is None else rank
-            w = dist.get_world_size() if world_size is None else world_size
-            return r, w
-    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    r = rank if rank is not None else int(env_rank) if env_rank is not None else 0
-    w = world_size if world_size is not None else int(env_world) if env_world is not None else 1
-    return r, w
+def _index_value(name: str, value: Any) -> int:
+    """``value`` as an int through ``operator.index`` (ints, numpy integers; not bools, floats
+    or strings)."""
+    if isinstance(value, bool):
+        raise _native.VantixError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise _native.VantixError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _env_int(name: str) -> Optional[int]:
+    """The integer in environment variable ``name`` (``None`` when unset or empty)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise _native.VantixError(
+            f"the environment variable {name}={value!r} is not an integer"
+        ) from None
+
+
+def _resolve_partition(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
+    """``(rank, world_size)`` of this process now: the arguments, else an initialised
+    ``torch.distributed``, else the launcher's environment (``RANK``/``WORLD_SIZE``, or
+    ``LOCAL_RANK`` with ``NODE_RANK`` and ``LOCAL_WORLD_SIZE`` where ``RANK`` is missing, as
+    under Lightning's launcher). Never guessed: with ``WORLD_SIZE > 1`` and no way to know the
+    rank, a ``VantixError`` says what to pass."""
+    if rank is None or world_size is None:
+        torch = _torch()
+        dist = None if torch is None else torch.distributed
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            rank = dist.get_rank() if rank is None else rank
+            world_size = dist.get_world_size() if world_size is None else world_size
+    if world_size is None:
+        world_size = _env_int("WORLD_SIZE") or 1
+    if rank is None:
+        rank = _env_int("RANK")
+    if rank is None and world_size == 1:
+        rank = 0
+    if rank is None:
+        local, node = _env_int("LOCAL_RANK"), _env_int("NODE_RANK")
+        local_world = _env_int("LOCAL_WORLD_SIZE")
+        if node is None:
+            node = _env_int("GROUP_RANK")  # torch elastic's name for the node rank
+        if local is not None and (node == 0 or (node is None and local_world == world_size)):
+            rank = local  # the first (or only) node: global rank = local rank
+        elif local is not None and node is not None and local_world is not None:
+            rank = node * local_world + local
+    if rank is None:
+        raise _native.VantixError(
+            f"VantixLoader cannot tell this process's rank: WORLD_SIZE={world_size} but RANK is "
+            "not set (nor LOCAL_RANK with NODE_RANK and LOCAL_WORLD_SIZE) and torch.distributed "
+            "is not initialised. Pass rank= and world_size= to VantixLoader, or call "
+            "torch.distributed.init_process_group() before iterating."
+        )
+    if not (world_size >= 1 and 0 <= rank < world_size):
+        raise _native.VantixError(f"rank {rank} is not valid for world_size {world_size}")
+    return rank, world_size
 
 
 _OUT_DTYPES = ("uint8", "float32", "float16")
@@ -438,9 +486,10 @@ class VantixLoader:
     conversion (crop, flip, normalisation, dtype, layout) run in Rust while the batch is
     assembled; they are torchvision's, named as there, and random per sample as a pure function
     of ``(seed, epoch, sample index)``: the same sample gets the same crop and flip in the same
-    epoch whatever ``num_threads``, ``batch_size`` or rank, and a new one each epoch. Each new
-    pass over the loader starts the next epoch (a new permutation); :meth:`set_epoch` overrides
-    it.
+    epoch whatever ``num_threads``, ``batch_size`` or rank, and a new one each epoch. Each
+    complete pass moves the loader to the next epoch (a new permutation); a pass only started or
+    abandoned (a peek, a framework's check, a ``break``) does not, and :meth:`set_epoch` chooses
+    the epoch (see :meth:`__iter__` and ``docs/DISTRIBUTED.md``, "The epoch rule").
 
     Args:
         path: dataset directory (or an open :class:`VantixDataset`).
@@ -450,12 +499,19 @@ class VantixLoader:
         seed: the permutation is a pure function of ``(seed, epoch)``.
         drop_last: drop the last incomplete batch of an epoch.
         prefetch: batches kept ready by the background thread.
-        num_threads: threads assembling a batch (default: all cores).
-        rank: this process's rank; default from ``torch.distributed`` or ``RANK``, else 0.
-        world_size: number of ranks; default from ``torch.distributed`` or ``WORLD_SIZE``,
-            else 1. Each rank reads its own share of the same permutation: positions
-            ``rank, rank + world_size, ...`` (as ``DistributedSampler``), so every rank gets the
-            same number of batches.
+        num_threads: threads assembling a batch. Default: the usable cores (CPU affinity)
+            divided by the ranks on this node (``LOCAL_WORLD_SIZE``, else ``WORLD_SIZE``), at
+            least 1; the loaders of a process with the same count share one pool
+            (:attr:`num_threads_used` tells what a pass uses).
+        rank: this process's rank. Default: decided when a pass starts (and for ``len()``), from
+            an initialised ``torch.distributed``, else ``RANK``, else ``LOCAL_RANK`` with
+            ``NODE_RANK`` (and ``LOCAL_WORLD_SIZE`` beyond node 0), else 0 when the world size
+            is 1. With ``WORLD_SIZE > 1`` and no way to know the rank, a pass raises
+            ``VantixError``: the rank is never guessed.
+        world_size: number of ranks. Default: decided when a pass starts, from
+            ``torch.distributed``, else ``WORLD_SIZE``, else 1. Each rank reads its own share of
+            the same permutation: positions ``rank, rank + world_size, ...`` (as
+            ``DistributedSampler``), so every rank gets the same number of batches.
         ddp_remainder: when the epoch does not split evenly over the ranks, ``"pad"`` (the
             default) repeats the first samples of the permutation to fill the last places, as
             ``DistributedSampler(drop_last=False)``; ``"drop"`` leaves the last samples of the
@@ -519,9 +575,13 @@ class VantixLoader:
     the shard instead of reading a changed file (see ``docs/RELIABILITY.md``).
 
     A loader holds threads and memory-mapped files: :meth:`close` (or ``with VantixLoader(...)
-    as loader:``) releases them at once; using a closed loader raises ``VantixError``.
-    Interrupting an iteration (``break``, an exception, Ctrl-C) stops its prefetch thread and
-    leaves the loader usable.
+    as loader:``) releases them at once, from any thread; using a closed loader raises
+    ``VantixError``. Interrupting an iteration (``break``, an exception, Ctrl-C) stops its
+    prefetch thread and leaves the loader usable. A loader pickles as its options and position
+    (spawn-based launchers), and one inherited through ``fork()`` starts its own threads in the
+    child (a pass started in the parent cannot continue there: ``VantixError``, never a hang).
+    ``sampler.set_epoch(e)`` is the hook Lightning and Accelerate call every epoch
+    (``docs/INTEGRATIONS.md``).
 
     Raises:
         VantixError: the dataset cannot be opened or an option is invalid.
@@ -572,6 +632,8 @@ class VantixLoader:
         device: Any = None,
         verify: Optional[str] = None,
     ) -> None:
+        # What pickling keeps: the options as given (rank and world size are resolved anew).
+        self._init_args = {k: v for k, v in locals().items() if k != "self"}
         self._native: Any = None  # set last: a loader that failed to build is closed
         self._iterators: weakref.WeakSet[_BatchIterator] = weakref.WeakSet()
         self.verify = _verify_arg(verify)
@@ -582,7 +644,16 @@ class VantixLoader:
         self.drop_last = drop_last
         self.prefetch = prefetch
         self.num_threads = num_threads
-        self.rank, self.world_size = _distributed_defaults(rank, world_size)
+        # Rank and world size are resolved when a pass starts (and for len()): launchers such
+        # as Lightning's start the other ranks, and set their environment, after this runs.
+        self._rank_arg, self._world_size_arg = rank, world_size
+        for name, value in (("rank", rank), ("world_size", world_size)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise _native.VantixError(f"{name} must be an int >= 0, got {value!r}")
+        if world_size is not None and rank is not None and not rank < world_size:
+            raise _native.VantixError(f"rank {rank} is not valid for world_size {world_size}")
+        if world_size == 0:
+            raise _native.VantixError("world_size must be at least 1")
         for name, value, low in (("batch_size", batch_size, 1), ("prefetch", prefetch, 1)):
             if not isinstance(value, int) or value < low:
                 raise _native.VantixError(f"{name} must be an int >= {low}, got {value!r}")
@@ -631,8 +702,8 @@ class VantixLoader:
             drop_last,
             prefetch,
             num_threads,
-            self.rank,
-            self.world_size,
+            0,
+            1,
             ddp_remainder == "drop",
             transform=self._transform,
             order=order,
@@ -642,11 +713,15 @@ class VantixLoader:
             allocator=allocator,
             verify=self.verify,
         )
+        # Where the next pass starts: its epoch and the samples of it already consumed by all
+        # ranks (set by load_state_dict). A pass moves them on only when it is complete (see
+        # __iter__); `_progress` is the latest pass, read by state_dict while it runs.
         self._epoch = 0
-        # Where the next pass starts inside its epoch (set by load_state_dict), and the
-        # progress of the pass in flight (read by state_dict).
         self._resume_start = 0
         self._progress: Optional[_Progress] = None
+        self._warned_repeat = False
+        self._epoch_chosen = False
+        self.sampler = _EpochSampler(self)
 
     def _open_native(self) -> Any:
         """The native loader; ``VantixError`` once the loader is closed."""
@@ -677,24 +752,49 @@ class VantixLoader:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @property
+    def rank(self) -> int:
+        """This process's rank, as a pass starting now would use it (see ``rank=``)."""
+        return _resolve_partition(self._rank_arg, self._world_size_arg)[0]
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks, as a pass starting now would use it (see ``world_size=``)."""
+        return _resolve_partition(self._rank_arg, self._world_size_arg)[1]
+
     def __len__(self) -> int:
-        """Batches per epoch for this rank."""
-        return len(self._open_native())
+        """Batches per epoch on this rank, as ``len(DataLoader)``: the whole epoch, also after
+        :meth:`load_state_dict` (Lightning sizes every epoch of a resumed run from it; a
+        smaller number would end the later epochs early). ``len(iter(loader))`` is what one
+        pass yields: the rest of the epoch after a resume."""
+        rank, world = _resolve_partition(self._rank_arg, self._world_size_arg)
+        return int(self._open_native().num_batches_from(0, rank, world))
 
     @property
     def epoch(self) -> int:
-        """The epoch the next pass over the loader will yield."""
-        return self._epoch
+        """The epoch being served: that of the pass in progress (until its iterator is
+        exhausted, closed or dropped), else the one the next pass will serve."""
+        p = self._progress
+        return p.epoch if p is not None and p.alive else self._epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass yield ``epoch`` (as ``DistributedSampler.set_epoch``).
 
+        Lightning and Accelerate call it for you through :attr:`sampler` at the start of every
+        epoch, so their epoch counter and the loader's agree. Setting another epoch than a
+        resumed state's (:meth:`load_state_dict`) starts that epoch from its beginning.
+
         Args:
-            epoch: the epoch (>= 0) whose permutation and augmentations the next pass uses.
+            epoch: the epoch (``0 <= epoch < 2**64``) whose permutation and augmentations the
+                next pass uses.
         """
-        if epoch < 0:
-            raise _native.VantixError(f"epoch must be >= 0, got {epoch}")
-        self._epoch = int(epoch)
+        e = _index_value("epoch", epoch)
+        if not 0 <= e < 2**64:
+            raise _native.VantixError(f"epoch must be in [0, 2**64), got {epoch!r}")
+        if e != self._epoch:
+            self._resume_start = 0
+        self._epoch = e
+        self._epoch_chosen = True  # an explicit choice is never warned about
 
     def epoch_indices(self, epoch: int, samples_seen: int = 0) -> np.ndarray:
         """Dataset indices this rank sees in ``epoch``, in batch order (int64).
@@ -704,7 +804,16 @@ class VantixLoader:
             samples_seen: start that many samples (all ranks together) into the epoch, as a
                 pass resumed from a :meth:`state_dict` does.
         """
-        return self._open_native().epoch_indices(epoch, samples_seen)
+        rank, world = _resolve_partition(self._rank_arg, self._world_size_arg)
+        return self._open_native().epoch_indices(epoch, samples_seen, rank, world)
+
+    @property
+    def num_threads_used(self) -> int:
+        """Assembly threads a pass uses in this process: ``num_threads``, or by default the
+        usable cores (CPU affinity) divided by the ranks on this node (``LOCAL_WORLD_SIZE``,
+        else ``WORLD_SIZE``), at least 1. Loaders of one process with the same count share
+        their threads."""
+        return int(self._open_native().num_threads)
 
     @property
     def classes(self) -> list[str]:
@@ -722,21 +831,61 @@ class VantixLoader:
         return self.dataset.num_samples
 
     def __iter__(self) -> _BatchIterator:
-        """Start the next epoch: an iterator over its ``(images, labels)`` batches.
+        """A pass over the next epoch: an iterator over its ``(images, labels)`` batches.
 
-        A background thread assembles batches ahead; abandoning the iterator (``break``, an
-        exception) stops it.
+        The epoch rule (``docs/DISTRIBUTED.md``): a pass serves :attr:`epoch` (from where
+        :meth:`load_state_dict` left it), and only a **complete** pass moves the loader on to
+        the next epoch. A pass that is only started (``iter()`` alone, a peek such as
+        ``next(iter(loader))``, a framework's check) or abandoned part-way (``break``, an
+        exception) leaves the loader where that pass began, so the next pass serves the same
+        epoch again from the same place, and DDP ranks can never drift onto different
+        permutations. A plain loop that never calls :meth:`set_epoch` still gets a new
+        permutation after every full pass; where a pass would repeat batches an abandoned pass
+        already served, a ``RuntimeWarning`` says so once (call :meth:`set_epoch` to choose).
+
+        The background thread starts at the first ``next()`` and assembles batches ahead;
+        abandoning the iterator stops it.
         """
         loader = self._open_native()
+        rank, world = _resolve_partition(self._rank_arg, self._world_size_arg)
         epoch, start = self._epoch, self._resume_start
-        self._epoch += 1
-        self._resume_start = 0
-        total = loader.num_batches_from(start)
-        self._progress = _Progress(epoch, start, total)
-        native = loader.iter_epoch(epoch, start)
-        it = _BatchIterator(native, self._progress, self.channels_last, self.device)
+        last = self._progress
+        if (
+            last is not None
+            and not last.running
+            and not last.complete
+            and last.batches > 0
+            and (last.epoch, last.start) == (epoch, start)
+            and not self._warned_repeat
+            and not self._epoch_chosen
+        ):
+            self._warned_repeat = True
+            warnings.warn(
+                f"VantixLoader: the previous pass over epoch {epoch} stopped after "
+                f"{last.batches} of {last.total} batches; this pass serves epoch {epoch} again "
+                "from the same place (an incomplete pass never moves the loader to the next "
+                "epoch). Call loader.set_epoch(e) before each pass to choose the epoch yourself.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._epoch_chosen = False
+        total = loader.num_batches_from(start, rank, world)
+        self._progress = progress = _Progress(self, epoch, start, total, world)
+
+        def start_pass() -> Any:
+            return loader.iter_epoch(epoch, start, rank, world)
+
+        it = _BatchIterator(start_pass, progress, self.channels_last, self.device)
         self._iterators.add(it)
+        if total == 0:
+            progress.finish()
         return it
+
+    def _pass_complete(self, progress: _Progress) -> None:
+        """Called when the last batch of ``progress``'s pass was handed out: move on to the next
+        epoch, unless the next pass was set meanwhile (``set_epoch``, ``load_state_dict``)."""
+        if (self._epoch, self._resume_start) == (progress.epoch, progress.start):
+            self._epoch, self._resume_start = progress.epoch + 1, 0
 
     def preview(
         self,
@@ -765,7 +914,9 @@ class VantixLoader:
         """
         from .preview import save_batch_grid
 
-        it = self._open_native().iter_epoch(self._epoch if epoch is None else int(epoch), 0)
+        rank, world = _resolve_partition(self._rank_arg, self._world_size_arg)
+        shown = self._epoch if epoch is None else int(epoch)
+        it = self._open_native().iter_epoch(shown, 0, rank, world)
         try:
             images, labels, indices = next(it)
         except StopIteration:
@@ -793,19 +944,30 @@ class VantixLoader:
             h.update(self.indices.tobytes())
         return h.hexdigest()
 
+    def _position(self) -> tuple[int, int]:
+        """``(epoch, samples_seen)`` where iteration stands: inside the pass in progress, else
+        where the next pass starts (an abandoned pass leaves no trace, see :meth:`__iter__`)."""
+        p = self._progress
+        if p is not None and p.running:
+            return p.epoch, p.start + p.batches * self.batch_size * p.world_size
+        return self._epoch, self._resume_start
+
     def state_dict(self) -> dict[str, Any]:
         """Where iteration stands, for an exact resume with :meth:`load_state_dict`.
 
-        Take it between batches (as with a model checkpoint); under DDP every rank's state is
-        the same, so the one saved by rank 0 serves all ranks. ``samples_seen`` counts the
-        samples of the current epoch consumed by all ranks together.
+        Take it between batches (as with a model checkpoint): during a pass it is the position
+        inside that pass; between passes it is where the next pass starts (a pass that was
+        abandoned part-way counts for nothing, as in :meth:`__iter__`). Under DDP every rank's
+        state is the same, so the one saved by rank 0 serves all ranks. ``samples_seen``
+        counts the samples of the epoch consumed by all ranks together.
+
+        Lightning saves and restores it by itself (the loader has ``state_dict``); with
+        Accelerate call ``accelerator.register_for_checkpointing(loader)`` once, then
+        ``save_state`` / ``load_state`` include it.
         """
+        epoch, seen = self._position()
         p = self._progress
-        if p is not None and p.batches < p.total:
-            epoch = p.epoch
-            seen = p.start + p.batches * self.batch_size * self.world_size
-        else:
-            epoch, seen = self._epoch, self._resume_start
+        world = p.world_size if p is not None and p.running else self.world_size
         return {
             "version": 1,
             "epoch": epoch,
@@ -815,7 +977,7 @@ class VantixLoader:
             "num_samples": self.num_samples,
             "sampling": self._sampling_key(),
             "batch_size": self.batch_size,
-            "world_size": self.world_size,
+            "world_size": world,
             "drop_last": self.drop_last,
             "ddp_remainder": self.ddp_remainder,
         }
@@ -857,33 +1019,141 @@ class VantixLoader:
         if not (isinstance(epoch, int) and epoch >= 0 and isinstance(seen, int) and seen >= 0):
             raise _native.VantixError(f"invalid state_dict position: epoch={epoch}, seen={seen}")
         self._epoch, self._resume_start, self._progress = epoch, seen, None
+        self._epoch_chosen = True
+
+    @property
+    def batch_sampler(self) -> Any:
+        """Not available: a ``VantixLoader`` draws its batches in Rust, not through a
+        ``BatchSampler``. Raises ``AttributeError`` (so ``getattr(loader, "batch_sampler",
+        None)`` is ``None``) with what to use instead, e.g. for Accelerate's
+        ``skip_first_batches``."""
+        raise _NoBatchSampler(
+            "VantixLoader has no batch_sampler, so accelerate's skip_first_batches (and anything "
+            "that rebuilds a DataLoader from its sampler) cannot wrap it. To continue mid-epoch, "
+            "use loader.state_dict() / loader.load_state_dict(state) (with Accelerate: "
+            "accelerator.register_for_checkpointing(loader), then save_state / load_state), "
+            "which skip exactly the batches already served without reading them."
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its options and position (epoch and samples seen), like
+        :class:`VantixDataset` by path: the unpickled loader reopens the dataset and continues
+        exactly where this one stands (spawn-based launchers, ``ddp_spawn``)."""
+        epoch, seen = self._position()
+        return {"args": self._init_args, "epoch": epoch, "samples_seen": seen}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["args"])  # type: ignore[misc]
+        self._epoch, self._resume_start = state["epoch"], state["samples_seen"]
 
     def __repr__(self) -> str:
         if self._native is None:
             return f"<closed VantixLoader over {self.dataset.path!r}>"
+        try:
+            rank, world = _resolve_partition(self._rank_arg, self._world_size_arg)
+            where = f"rank={rank}, world_size={world}"
+        except _native.VantixError:
+            where = "rank=?, world_size=?"
         return (
             f"VantixLoader({self.dataset.path!r}, batch_size={self.batch_size}, "
-            f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, "
-            f"rank={self.rank}, world_size={self.world_size})"
+            f"shuffle={self.shuffle}, seed={self.seed}, drop_last={self.drop_last}, {where})"
         )
 
 
+class _NoBatchSampler(_native.VantixError, AttributeError):
+    """``VantixLoader.batch_sampler``: there is none (see its docstring)."""
+
+
+class _EpochSampler:
+    """``loader.sampler``: the hook Lightning and Accelerate call at the start of every epoch
+    (``sampler.set_epoch(e)``, as on a ``DistributedSampler``), so that their epoch counter and
+    the loader's agree. Iterating it yields the dataset indices this rank sees in the next
+    pass, in order; ``len()`` is their number."""
+
+    def __init__(self, loader: VantixLoader) -> None:
+        self._loader = weakref.ref(loader)
+
+    def _get(self) -> VantixLoader:
+        loader = self._loader()
+        if loader is None:
+            raise _native.VantixError("the VantixLoader of this sampler is gone")
+        return loader
+
+    @property
+    def epoch(self) -> int:
+        """The loader's :attr:`VantixLoader.epoch`."""
+        return self._get().epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """``loader.set_epoch(epoch)``."""
+        self._get().set_epoch(epoch)
+
+    def _next_pass(self) -> np.ndarray:
+        loader = self._get()
+        return loader.epoch_indices(loader._epoch, loader._resume_start)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._next_pass().tolist())
+
+    def __len__(self) -> int:
+        return len(self._next_pass())
+
+
 class _Progress:
-    """How far the pass over one epoch has got (shared by a loader and its iterator)."""
+    """How far one pass has got (shared by a loader and its iterator). ``running`` until the
+    pass completes (its last batch handed out) or is abandoned (closed or dropped); ``alive``
+    until its iterator is exhausted (``StopIteration``), closed or dropped."""
 
-    __slots__ = ("batches", "epoch", "start", "total")
+    __slots__ = (
+        "alive",
+        "batches",
+        "complete",
+        "epoch",
+        "loader",
+        "running",
+        "start",
+        "total",
+        "world_size",
+    )
 
-    def __init__(self, epoch: int, start: int, total: int) -> None:
-        self.epoch, self.start, self.total, self.batches = epoch, start, total, 0
+    def __init__(
+        self, loader: VantixLoader, epoch: int, start: int, total: int, world_size: int
+    ) -> None:
+        self.loader = weakref.ref(loader)
+        self.epoch, self.start, self.total, self.world_size = epoch, start, total, world_size
+        self.batches = 0
+        self.running, self.complete, self.alive = True, False, True
+
+    def advance(self) -> None:
+        self.batches += 1
+        if self.batches >= self.total:
+            self.finish()
+
+    def finish(self) -> None:
+        """The whole pass was handed out: the loader moves on to the next epoch."""
+        if self.running:
+            self.running, self.complete = False, True
+            loader = self.loader()
+            if loader is not None:
+                loader._pass_complete(self)
+
+    def abandon(self) -> None:
+        self.running = self.alive = False
 
 
 class _BatchIterator:
-    """One epoch of batches. Dropping it (or :meth:`close`) stops the prefetch thread."""
+    """One pass of batches. Its prefetch thread starts at the first ``next()``; dropping the
+    iterator (or :meth:`close`) stops it."""
 
     def __init__(
-        self, native: Any, progress: _Progress, channels_last: bool = False, device: Any = None
+        self,
+        start: Callable[[], Any],
+        progress: _Progress,
+        channels_last: bool = False,
+        device: Any = None,
     ) -> None:
-        self._native = native
+        self._start: Optional[Callable[[], Any]] = start
+        self._native: Any = None
         self._channels_last = channels_last
         self._progress = progress
         self._device = device
@@ -894,6 +1164,8 @@ class _BatchIterator:
         self.epoch = progress.epoch
         self._torch = _torch()
         self._loader_closed = False
+        self._closed = False
+        self._start_lock = threading.Lock()
 
     def __len__(self) -> int:
         return self._progress.total - self._progress.batches
@@ -904,12 +1176,25 @@ class _BatchIterator:
     def __next__(self) -> tuple[Any, Any]:
         if self._loader_closed:
             raise _native.VantixError("the VantixLoader of this iterator was closed")
+        if self._closed:
+            raise StopIteration
+        if self._native is None:
+            with self._start_lock:  # two threads sharing the iterator start one pass
+                if self._native is None:
+                    if self._start is None:
+                        raise StopIteration
+                    self._native, self._start = self._start(), None
         try:
             images, labels, _indices = next(self._native)
         except StopIteration:
             self._drain()
+            if self._loader_closed:  # closed from another thread while this one waited
+                raise _native.VantixError("the VantixLoader of this iterator was closed") from None
+            if not self._closed:
+                self._progress.finish()
+            self._progress.alive = False
             raise
-        self._progress.batches += 1
+        self._progress.advance()
         torch = self._torch
         if torch is None:
             if self._channels_last:
@@ -934,16 +1219,22 @@ class _BatchIterator:
             self._inflight.popleft()[0].synchronize()
 
     def close(self) -> None:
-        """Stop the background thread now."""
+        """Stop the background thread now (from any thread). A pass closed before its end
+        leaves the loader where the pass began."""
         self._close()
 
     def _close(self, closed_loader: bool = False) -> None:
         self._loader_closed = self._loader_closed or closed_loader
+        self._closed = True
+        self._start = None
+        self._progress.abandon()
         self._drain()
-        self._native.close()
+        if self._native is not None:
+            self._native.close()
 
     def __del__(self) -> None:
         try:
+            self._progress.abandon()
             self._drain()
         except Exception:
             pass

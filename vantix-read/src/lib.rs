@@ -24,6 +24,7 @@ pub mod loader;
 pub mod sampler;
 #[doc(hidden)]
 pub mod testing;
+pub mod threads;
 pub mod transform;
 
 pub use dataset::{Dataset, Shard, Verify};
@@ -31,7 +32,7 @@ pub use error::{Error, Result};
 pub use format::{Codec, Filter, Geometry, Manifest};
 pub use loader::{
     Allocator, Batch, BufferPool, EpochIter, ExternalMemory, Loader, LoaderConfig, Next,
-    PooledBuffer,
+    PooledBuffer, Stopper,
 };
 pub use sampler::{train_val_split, Order, Sampler};
 pub use transform::{DType, Layout, Params, Transform};

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use crate::dataset::{Dataset, Verify};
 use crate::error::{Error, Result};
 use crate::sampler::{Order, Sampler};
+use crate::threads::{self, ProcessLocal};
 use crate::transform::{DType, Params, Prepared, Transform};
 
 /// Loader settings; the names follow `torch.utils.data.DataLoader`.
@@ -31,7 +32,9 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Batches kept ready ahead of the consumer.
     pub prefetch: usize,
-    /// Threads that assemble a batch (`None`: all cores).
+    /// Threads that assemble a batch (`None`: [`threads::default_num_threads`], the usable
+    /// cores divided by the ranks on this node). Loaders of a process with the same count share
+    /// one pool.
     pub num_threads: Option<usize>,
     pub rank: usize,
     pub world_size: usize,
@@ -291,12 +294,25 @@ impl Batch {
     }
 }
 
+/// What the per-rank views of one loader ([`Loader::for_rank`]) share: the buffer pool and the
+/// assembly threads, each made per process so that a forked child builds its own.
+struct Shared {
+    buffers: ProcessLocal<BufferPool>,
+    threads: ProcessLocal<rayon::ThreadPool>,
+    allocator: Option<Arc<dyn Allocator>>,
+    max_free: usize,
+}
+
 /// Yields shuffled batches of a [`Dataset`], assembled in parallel and prefetched.
+///
+/// Fork-safe: a loader inherited through `fork()` starts new threads and a new buffer pool in
+/// the child the first time it is used there; a pass ([`EpochIter`]) started in the parent
+/// cannot be continued in the child (it reports an error instead of waiting on threads that do
+/// not exist there), and the parent's pass is not disturbed.
 pub struct Loader {
     dataset: Arc<Dataset>,
     config: LoaderConfig,
-    threads: Arc<rayon::ThreadPool>,
-    buffers: Arc<BufferPool>,
+    shared: Arc<Shared>,
     transform: Arc<Prepared>,
 }
 
@@ -331,26 +347,58 @@ impl Loader {
                 )));
             }
         }
-        let n = match config.num_threads {
-            Some(0) => return Err(Error::invalid("num_threads must be at least 1")),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("vantix-assemble-{i}"))
-            .build()
-            .map_err(|e| Error::invalid(format!("cannot start {n} threads: {e}")))?;
-        let buffers = BufferPool::with_allocator(config.prefetch + 2, allocator);
+        if config.num_threads == Some(0) {
+            return Err(Error::invalid("num_threads must be at least 1"));
+        }
         let g = dataset.geometry();
         let transform = Arc::new(config.transform.prepare(g.height, g.width, g.channels)?);
+        let shared = Arc::new(Shared {
+            buffers: ProcessLocal::new(),
+            threads: ProcessLocal::new(),
+            allocator,
+            max_free: config.prefetch + 2,
+        });
         Ok(Loader {
             dataset,
             config,
-            threads: Arc::new(threads),
-            buffers,
+            shared,
             transform,
         })
+    }
+
+    /// The same loader for rank `rank` of `world_size`, sharing this one's threads and buffers
+    /// (the rank is often known only when an epoch starts: launchers start ranks after the
+    /// loader is built).
+    pub fn for_rank(&self, rank: usize, world_size: usize) -> Result<Loader> {
+        if world_size == 0 || rank >= world_size {
+            return Err(Error::invalid(format!(
+                "rank {rank} is not valid for world_size {world_size}"
+            )));
+        }
+        Ok(Loader {
+            dataset: Arc::clone(&self.dataset),
+            config: LoaderConfig {
+                rank,
+                world_size,
+                ..self.config.clone()
+            },
+            shared: Arc::clone(&self.shared),
+            transform: Arc::clone(&self.transform),
+        })
+    }
+
+    /// Assembly threads this loader uses in this process (see [`LoaderConfig::num_threads`]).
+    pub fn num_threads(&self) -> usize {
+        self.config
+            .num_threads
+            .unwrap_or_else(threads::default_num_threads)
+    }
+
+    /// This process's assembly pool (started on first use, again in a forked child).
+    fn threads(&self) -> Result<Arc<rayon::ThreadPool>> {
+        self.shared
+            .threads
+            .get(|| threads::pool(self.num_threads()))
     }
 
     pub fn dataset(&self) -> &Arc<Dataset> {
@@ -359,8 +407,17 @@ impl Loader {
     pub fn config(&self) -> &LoaderConfig {
         &self.config
     }
-    pub fn buffers(&self) -> &Arc<BufferPool> {
-        &self.buffers
+    /// This process's buffer pool (a forked child gets a new, empty one).
+    pub fn buffers(&self) -> Arc<BufferPool> {
+        let s = &self.shared;
+        s.buffers
+            .get(|| {
+                Ok(BufferPool::with_allocator(
+                    s.max_free,
+                    s.allocator.as_ref().map(Arc::clone),
+                ))
+            })
+            .expect("making a buffer pool cannot fail")
     }
 
     pub fn sampler(&self) -> Sampler {
@@ -419,7 +476,7 @@ impl Loader {
         let seed = self.config.seed;
         assemble(
             &self.dataset,
-            &self.threads,
+            &*self.threads()?,
             &self.transform,
             (seed, epoch),
             indices,
@@ -434,9 +491,15 @@ impl Loader {
     pub fn epoch(&self, epoch: u64, start: u64) -> EpochIter {
         let (tx, rx) = bounded(self.config.prefetch);
         let stop = Arc::new(AtomicBool::new(false));
+        let threads = match self.threads() {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = tx.send(Err(e)); // delivered as the pass's first (and only) item
+                return EpochIter::new(rx, stop, None);
+            }
+        };
         let dataset = Arc::clone(&self.dataset);
-        let threads = Arc::clone(&self.threads);
-        let buffers = Arc::clone(&self.buffers);
+        let buffers = self.buffers();
         let order = self.epoch_indices(epoch, start);
         let bs = self.config.batch_size;
         let transform = Arc::clone(&self.transform);
@@ -491,11 +554,7 @@ impl Loader {
                 }
             })
             .expect("spawn prefetch thread");
-        EpochIter {
-            rx: Some(rx),
-            stop,
-            handle: Some(handle),
-        }
+        EpochIter::new(rx, stop, Some(handle))
     }
 }
 
@@ -548,11 +607,27 @@ pub struct EpochIter {
     rx: Option<Receiver<Result<Batch>>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    /// The process that started the pass: its prefetch thread exists only there.
+    pid: u32,
+}
+
+/// Stops a pass from any thread (see [`EpochIter::stopper`]).
+#[derive(Clone)]
+pub struct Stopper(Arc<AtomicBool>);
+
+impl Stopper {
+    /// Ask the prefetch thread to stop at its next check (within one record).
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Iterator for EpochIter {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Result<Batch>> {
+        if let Some(e) = self.forked() {
+            return Some(Err(e));
+        }
         let item = self.rx.as_ref()?.recv().ok();
         if item.is_none() {
             self.finish();
@@ -571,8 +646,49 @@ pub enum Next {
 }
 
 impl EpochIter {
+    fn new(
+        rx: Receiver<Result<Batch>>,
+        stop: Arc<AtomicBool>,
+        handle: Option<JoinHandle<()>>,
+    ) -> Self {
+        EpochIter {
+            rx: Some(rx),
+            stop,
+            handle,
+            pid: std::process::id(),
+        }
+    }
+
+    /// A handle that stops this pass from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(Arc::clone(&self.stop))
+    }
+
+    /// In a forked child, the error this inherited pass reports (once; then it is over).
+    fn forked(&mut self) -> Option<Error> {
+        if self.pid == std::process::id() || self.rx.is_none() {
+            return None;
+        }
+        self.abandon();
+        Some(Error::invalid(format!(
+            "this pass was started in process {} and cannot continue in a forked child (its \
+             prefetch thread did not survive the fork); start a new pass in this process",
+            self.pid
+        )))
+    }
+
+    /// Forget the parent's thread and channel in a forked child without touching them: joining
+    /// a thread that does not exist here, or taking a lock it held, could wait for ever.
+    fn abandon(&mut self) {
+        std::mem::forget(self.rx.take());
+        std::mem::forget(self.handle.take());
+    }
+
     /// The next batch, waiting at most `timeout` for it.
     pub fn next_timeout(&mut self, timeout: std::time::Duration) -> Next {
+        if let Some(e) = self.forked() {
+            return Next::Batch(Err(e));
+        }
         let Some(rx) = self.rx.as_ref() else {
             return Next::End;
         };
@@ -587,10 +703,18 @@ impl EpochIter {
     }
 
     fn finish(&mut self) {
+        if self.pid != std::process::id() {
+            return self.abandon();
+        }
         self.stop.store(true, Ordering::Relaxed);
         self.rx = None; // wakes a producer blocked on a full channel
         if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            // Dropped on its own prefetch thread (e.g. by Python's garbage collector running
+            // inside a buffer allocation): the thread sees `stop` and ends by itself; joining
+            // it from itself would fail.
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
         }
     }
 }
