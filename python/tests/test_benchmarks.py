@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,17 @@ def test_readme_block_renders_from_fresh_results(out: Path) -> None:
     ):
         assert heading in text, heading
     run_script("update_readme.py", "--assets", out / "assets", "--readme", readme, "--check")
+
+
+def test_ranks_smoke(out: Path) -> None:
+    """Two ranks with the default threads against explicit counts: one report, every setting."""
+    report_path = out / "ranks.json"
+    run_script("benchmark_ranks.py", "--tiny", "--out", report_path)
+    report = json.loads(report_path.read_text())
+    settings = {r["num_threads"] for r in report["results"]}
+    assert "default" in settings and len(settings) >= 2
+    for r in report["results"]:
+        assert r["images"] > 0 and r["images_per_s"] > 0
+        if r["num_threads"] == "default":
+            assert r["num_threads_used"] == [max(1, len(os.sched_getaffinity(0)) // 2)] * 2
+    assert report["summary"] and all(s["explicit_vs_default"] > 0 for s in report["summary"])
