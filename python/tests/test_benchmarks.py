@@ -10,8 +10,8 @@ figures themselves are meaningless at this size and nothing here asserts a speed
 from __future__ import annotations
 
 import json
-import struct
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
