@@ -344,6 +344,7 @@ impl Loader {
         let buffers = BufferPool::with_allocator(config.prefetch + 2, allocator);
         let g = dataset.geometry();
         let transform = Arc::new(config.transform.prepare(g.height, g.width, g.channels)?);
+        transform.check_batch_memory(config.batch_size, config.prefetch.saturating_add(2))?;
         Ok(Loader {
             dataset,
             config,
