@@ -79,6 +79,13 @@ impl Dataset {
         self.inner.root().to_path_buf()
     }
 
+    /// The dataset's identity: 32 hex digits of XXH3-128 over its manifest's content and shard
+    /// checksums (docs/FORMAT.md §2.7); another pack at the same path has another identity.
+    #[getter]
+    fn identity(&self) -> String {
+        self.inner.identity().to_string()
+    }
+
     /// Class names, in label order.
     #[getter]
     fn classes(&self) -> Vec<String> {
@@ -107,7 +114,8 @@ impl Dataset {
 
     /// Image `i` (HWC uint8, a new array) and its label.
     fn get<'py>(&self, py: Python<'py>, i: usize) -> PyResult<(Bound<'py, PyArray3<u8>>, i64)> {
-        let mut buf = vec![0u8; self.inner.record_bytes()];
+        let mut buf =
+            vantix_read::try_zeroed(self.inner.record_bytes(), "an image").map_err(err)?;
         let idx = [i as u64];
         py.detach(|| {
             // The shard must not have changed on disk since open (a truncated mapping would
@@ -123,12 +131,9 @@ impl Dataset {
         Ok((arr, label as i64))
     }
 
-    /// Labels of all samples (int64).
+    /// Labels of all samples (int64; copied at open, so reading them never faults).
     fn labels<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let v = (0..self.inner.len())
-            .map(|i| self.inner.label(i).map(i64::from))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
+        let v = self.inner.labels().iter().map(|&l| i64::from(l)).collect();
         Ok(PyArray1::from_vec(py, v))
     }
 
@@ -397,6 +402,12 @@ impl Loader {
     /// Shape of a batch of `n` images as the loader yields it.
     fn batch_shape(&self, n: usize) -> [usize; 4] {
         self.inner.batch_shape(n)
+    }
+
+    /// The resume key: 32 hex digits over everything that decides what a pass yields besides
+    /// the epoch and the position in it (docs/FORMAT.md §7.11).
+    fn resume_key(&self) -> String {
+        vantix_read::resume_key(&self.inner)
     }
 
     /// Buffers currently waiting in the pool (for tests of buffer recycling).

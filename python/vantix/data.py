@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import operator
 import os
 import threading
@@ -40,7 +39,9 @@ class VantixDataset:
     default; 1 or 4 for datasets packed with ``channels=1`` (grey) or ``4`` (RGBA)) and ``label`` an
     ``int``, unless ``transform`` / ``target_transform`` change them (as in torchvision). It
     works with a plain ``torch.utils.data.DataLoader``, with any number of workers (fork or
-    spawn: it pickles as its path and reopens).
+    spawn: it pickles as its path and its :attr:`identity`, and reopens the path; if the path
+    now holds another dataset, e.g. repacked with ``--overwrite``, unpickling raises
+    ``VantixError`` instead of serving other images).
 
     Args:
         path: the dataset directory made by ``vantix-pack`` (e.g. ``"train.vtx"``).
@@ -56,6 +57,8 @@ class VantixDataset:
     Attributes:
         classes: class names in label order, as ``ImageFolder.classes``.
         class_to_idx: ``{class name: label}``, as ``ImageFolder.class_to_idx``.
+        identity: the dataset's fingerprint (32 hex digits over its manifest and shard
+            checksums; another pack at the same path has another identity).
 
     Raises:
         VantixError: the dataset is missing, truncated or damaged (checked at open); when
@@ -80,6 +83,7 @@ class VantixDataset:
         self.target_transform = target_transform
         self.verify_mode = _verify_arg(verify)
         self._native = _native.Dataset(self.path, verify=self.verify_mode)
+        self.identity: str = self._native.identity
         self.classes: list[str] = self._native.classes
         self.class_to_idx: dict[str, int] = {c: i for i, c in enumerate(self.classes)}
         self._targets: Optional[list[int]] = None
@@ -95,7 +99,14 @@ class VantixDataset:
             IndexError: ``index`` is out of range.
         """
         n = len(self._native)
-        i = int(index)
+        if isinstance(index, (bool, np.bool_)):
+            raise _ArgumentTypeError(f"dataset indices must be integers, got {index!r}")
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise _ArgumentTypeError(
+                f"dataset indices must be integers, got {type(index).__name__} {index!r}"
+            ) from None
         if i < 0:
             i += n
         if not 0 <= i < n:
@@ -158,14 +169,20 @@ class VantixDataset:
         Raises:
             VantixError: an index is out of range or the file cannot be written.
         """
-        idx = None if indices is None else [int(i) for i in indices]
-        if idx is not None and min(idx, default=0) < 0:
-            raise _native.VantixError(f"{self.path}: indices must be >= 0, got {min(idx)}")
-        return self._native.preview(os.fspath(path), idx, int(num), int(seed), columns, scale)
+        idx = None if indices is None else _indices_arg("indices", indices).tolist()
+        return self._native.preview(
+            os.fspath(path),
+            idx,
+            _index_arg("num", num, 1),
+            _index_arg("seed", seed, 0, 2**64 - 1),
+            _optional_index_arg("columns", columns, 1),
+            _optional_index_arg("scale", scale, 1),
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {
             "path": self.path,
+            "identity": self.identity,
             "transform": self.transform,
             "target_transform": self.target_transform,
             "verify": self.verify_mode,
@@ -175,6 +192,13 @@ class VantixDataset:
         self.__init__(  # type: ignore[misc]
             state["path"], state["transform"], state["target_transform"], state.get("verify")
         )
+        pinned = state.get("identity")
+        if pinned is not None and pinned != self.identity:
+            raise _native.VantixError(
+                f"{self.path}: the path now holds another dataset (identity {self.identity}, "
+                f"the pickled dataset was {pinned}): it was repacked or replaced after the "
+                "dataset was pickled; refusing to serve other images under the same indices"
+            )
 
     def __repr__(self) -> str:
         h, w, c = self.shape
@@ -193,15 +217,72 @@ def _verify_arg(verify: Any) -> Optional[str]:
     raise _native.VantixError(f"verify must be None, 'shard' or 'record', got {verify!r}")
 
 
-def _index_value(name: str, value: Any) -> int:
-    """``value`` as an int through ``operator.index`` (ints, numpy integers; not bools, floats
-    or strings)."""
-    if isinstance(value, bool):
-        raise _native.VantixError(f"{name} must be an integer, got {value!r}")
+class _ArgumentValueError(_native.VantixError, ValueError):
+    """An option with a value out of range (a ``VantixError`` and a ``ValueError``)."""
+
+
+class _ArgumentTypeError(_native.VantixError, TypeError):
+    """An option of the wrong type (a ``VantixError`` and a ``TypeError``)."""
+
+
+#: Largest value of an integer option (the native side takes 64-bit integers).
+_INDEX_MAX = 2**63 - 1
+
+
+def _index_arg(name: str, value: Any, low: int, high: int = _INDEX_MAX) -> int:
+    """``value`` as an int in ``[low, high]``: anything ``operator.index`` accepts (``int``,
+    numpy integers), but not ``bool`` or a float (which would be truncated)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise _ArgumentTypeError(f"{name} must be an int >= {low}, got {value!r}")
     try:
-        return operator.index(value)
+        v = operator.index(value)
     except TypeError:
-        raise _native.VantixError(f"{name} must be an integer, got {value!r}") from None
+        raise _ArgumentTypeError(
+            f"{name} must be an int >= {low}, got {type(value).__name__} {value!r}"
+        ) from None
+    if not low <= v <= high:
+        raise _ArgumentValueError(f"{name} must be an int in [{low}, {high}], got {v}")
+    return v
+
+
+def _optional_index_arg(name: str, value: Any, low: int, high: int = _INDEX_MAX) -> Optional[int]:
+    """``None`` or :func:`_index_arg`."""
+    return None if value is None else _index_arg(name, value, low, high)
+
+
+def _bool_arg(name: str, value: Any) -> bool:
+    """``value`` if it is a ``bool`` (or a numpy bool); ``shuffle=1`` is refused as a likely
+    mistake for another option."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise _ArgumentTypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def _indices_arg(name: str, value: Any) -> np.ndarray:
+    """A 1-D int64 array of indices >= 0 from a sequence or array of integers; floats (which
+    would be truncated) and bools are refused."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        raise _ArgumentTypeError(f"{name} must be a 1-D sequence of ints, got {value!r}") from None
+    if arr.ndim != 1:
+        raise _ArgumentValueError(f"{name} must be a 1-D sequence of indices >= 0")
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype == object and all(
+            not isinstance(v, (bool, np.bool_)) and hasattr(type(v), "__index__") for v in arr
+        ):
+            arr = np.array([operator.index(v) for v in arr])
+        else:
+            raise _ArgumentTypeError(
+                f"{name} must hold integers, got {arr.dtype} (floats are not truncated)"
+            )
+    if arr.min() < 0 or arr.max() > _INDEX_MAX:
+        raise _ArgumentValueError(
+            f"{name} must be indices in [0, {_INDEX_MAX}], got {arr.min()} to {arr.max()}"
+        )
+    return arr.astype(np.int64)
 
 
 def _env_int(name: str) -> Optional[int]:
@@ -473,7 +554,8 @@ def train_val_split(
     if not 0.0 <= float(val_fraction) <= 1.0:
         raise _native.VantixError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
     ds = dataset if isinstance(dataset, VantixDataset) else VantixDataset(dataset)
-    return _native.train_val_split(ds.targets, float(val_fraction), int(seed), bool(stratify))
+    seed = _index_arg("seed", seed, 0, 2**64 - 1)
+    return _native.train_val_split(ds.targets, float(val_fraction), seed, bool(stratify))
 
 
 class VantixLoader:
@@ -638,6 +720,11 @@ class VantixLoader:
         self._iterators: weakref.WeakSet[_BatchIterator] = weakref.WeakSet()
         self.verify = _verify_arg(verify)
         self.dataset = path if isinstance(path, VantixDataset) else VantixDataset(path)
+        batch_size = _index_arg("batch_size", batch_size, 1)
+        prefetch = _index_arg("prefetch", prefetch, 1)
+        seed = _index_arg("seed", seed, 0, 2**64 - 1)
+        num_threads = _optional_index_arg("num_threads", num_threads, 1, 65536)
+        shuffle, drop_last = _bool_arg("shuffle", shuffle), _bool_arg("drop_last", drop_last)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -646,19 +733,11 @@ class VantixLoader:
         self.num_threads = num_threads
         # Rank and world size are resolved when a pass starts (and for len()): launchers such
         # as Lightning's start the other ranks, and set their environment, after this runs.
-        self._rank_arg, self._world_size_arg = rank, world_size
-        for name, value in (("rank", rank), ("world_size", world_size)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise _native.VantixError(f"{name} must be an int >= 0, got {value!r}")
+        rank = _optional_index_arg("rank", rank, 0)
+        world_size = _optional_index_arg("world_size", world_size, 1)
         if world_size is not None and rank is not None and not rank < world_size:
-            raise _native.VantixError(f"rank {rank} is not valid for world_size {world_size}")
-        if world_size == 0:
-            raise _native.VantixError("world_size must be at least 1")
-        for name, value, low in (("batch_size", batch_size, 1), ("prefetch", prefetch, 1)):
-            if not isinstance(value, int) or value < low:
-                raise _native.VantixError(f"{name} must be an int >= {low}, got {value!r}")
-        if seed < 0:
-            raise _native.VantixError(f"seed must be >= 0, got {seed}")
+            raise _ArgumentValueError(f"rank {rank} is not valid for world_size {world_size}")
+        self._rank_arg, self._world_size_arg = rank, world_size
         if ddp_remainder not in ("pad", "drop"):
             raise _native.VantixError(
                 f"ddp_remainder must be 'pad' or 'drop', got {ddp_remainder!r}"
@@ -684,14 +763,10 @@ class VantixLoader:
         )
         if order not in ("random", "block"):
             raise _native.VantixError(f"order must be 'random' or 'block', got {order!r}")
-        for name, value in (("block_size", block_size), ("block_window", block_window)):
-            if not isinstance(value, int) or value < 1:
-                raise _native.VantixError(f"{name} must be an int >= 1, got {value!r}")
+        block_size = _index_arg("block_size", block_size, 1)
+        block_window = _index_arg("block_window", block_window, 1)
         self.order = order
-        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
-        if self.indices is not None:
-            if self.indices.ndim != 1 or (self.indices.size and self.indices.min() < 0):
-                raise _native.VantixError("indices must be a 1-D sequence of indices >= 0")
+        self.indices = None if indices is None else _indices_arg("indices", indices)
         self.device, self.pin_memory = _device_arg(device, pin_memory)
         allocator = _pinned_allocator() if self.pin_memory else None
         self._native = _native.Loader(
@@ -788,9 +863,7 @@ class VantixLoader:
             epoch: the epoch (``0 <= epoch < 2**64``) whose permutation and augmentations the
                 next pass uses.
         """
-        e = _index_value("epoch", epoch)
-        if not 0 <= e < 2**64:
-            raise _native.VantixError(f"epoch must be in [0, 2**64), got {epoch!r}")
+        e = _index_arg("epoch", epoch, 0, 2**64 - 1)
         if e != self._epoch:
             self._resume_start = 0
         self._epoch = e
@@ -938,11 +1011,13 @@ class VantixLoader:
         return indices[:k]
 
     def _sampling_key(self) -> str:
-        """A fingerprint of everything besides seed and epoch that decides what a pass yields."""
-        h = hashlib.sha1(repr((self.order, self._transform)).encode())
-        if self.indices is not None:
-            h.update(self.indices.tobytes())
-        return h.hexdigest()
+        """The resume key, computed in Rust (docs/FORMAT.md §7.11): everything besides the
+        epoch and the position in it that decides what a pass yields (dataset identity, seed,
+        order with block settings, indices, augmentation and output options)."""
+        key: Optional[str] = self.__dict__.get("_resume_key")
+        if key is None:
+            key = self._resume_key = self._open_native().resume_key()
+        return key
 
     def _position(self) -> tuple[int, int]:
         """``(epoch, samples_seen)`` where iteration stands: inside the pass in progress, else
@@ -975,6 +1050,7 @@ class VantixLoader:
             "seed": self.seed,
             "shuffle": self.shuffle,
             "num_samples": self.num_samples,
+            "dataset": self.dataset.identity,
             "sampling": self._sampling_key(),
             "batch_size": self.batch_size,
             "world_size": world,
@@ -1005,10 +1081,11 @@ class VantixLoader:
             raise _native.VantixError(f"not a VantixLoader state_dict: missing {e}") from None
         if version != 1:
             raise _native.VantixError(f"unsupported state_dict version {version!r}")
-        if state.get("sampling", self._sampling_key()) != self._sampling_key():
+        if state.get("dataset") != self.dataset.identity:
             raise _native.VantixError(
-                "cannot resume: the state_dict comes from a loader with other indices, order or "
-                "augmentation options; pass the same options to continue the same epoch"
+                f"cannot resume: the state_dict comes from another dataset (identity "
+                f"{state.get('dataset')!r}, this loader reads {self.dataset.path!r}, identity "
+                f"{self.dataset.identity!r})"
             )
         for key in ("seed", "shuffle", "num_samples"):
             if state.get(key) != getattr(self, key):
@@ -1016,6 +1093,12 @@ class VantixLoader:
                     f"cannot resume: state_dict has {key}={state.get(key)!r} but this loader has "
                     f"{key}={getattr(self, key)!r}; the epoch's permutation would differ"
                 )
+        if state.get("sampling") != self._sampling_key():
+            raise _native.VantixError(
+                "cannot resume: the state_dict comes from a loader with other indices, order, "
+                "block_size/block_window or augmentation options (its resume key differs); "
+                "pass the same options to continue the same epoch"
+            )
         if not (isinstance(epoch, int) and epoch >= 0 and isinstance(seen, int) and seen >= 0):
             raise _native.VantixError(f"invalid state_dict position: epoch={epoch}, seen={seen}")
         self._epoch, self._resume_start, self._progress = epoch, seen, None

@@ -19,6 +19,9 @@ use crate::font::{CELL_H, CELL_W, GLYPHS};
 pub const GAP: usize = 4;
 /// Height of the caption strip under each tile.
 pub const CAPTION_H: usize = CELL_H + 4;
+/// Largest contact sheet, in pixels (2^28: 768 MiB of RGB).
+pub const MAX_SHEET_PIXELS: usize = 1 << 28;
+
 /// The automatic scale makes tiles at least this wide, so captions stay readable.
 pub const MIN_TILE_WIDTH: usize = 96;
 /// Sheet background (dark grey) and caption colour.
@@ -89,13 +92,28 @@ impl SheetGeometry {
             columns,
             scale,
         };
-        let (w, h) = g.sheet_size();
-        if w.saturating_mul(h) > 1 << 28 {
-            return Err(Error::invalid(format!(
-                "contact sheet of {w}x{h} pixels is too large: show fewer images or a smaller scale"
-            )));
+        // Checked: a huge scale (or image count) must not wrap round to a small sheet.
+        let too_large = || {
+            Error::invalid(format!(
+                "contact sheet of {count} images of {width}x{height} at scale {scale} in \
+                 {columns} columns is too large (over {} pixels): show fewer images or a \
+                 smaller scale",
+                MAX_SHEET_PIXELS
+            ))
+        };
+        let rows = count.div_ceil(columns);
+        let tw = width.checked_mul(scale).ok_or_else(too_large)?;
+        let th = height.checked_mul(scale).ok_or_else(too_large)?;
+        let w = (tw.checked_add(GAP))
+            .and_then(|t| t.checked_mul(columns))
+            .and_then(|t| t.checked_add(GAP));
+        let h = (th.checked_add(CAPTION_H + GAP))
+            .and_then(|t| t.checked_mul(rows))
+            .and_then(|t| t.checked_add(GAP));
+        match (w, h) {
+            (Some(w), Some(h)) if w.checked_mul(h).is_some_and(|p| p <= MAX_SHEET_PIXELS) => Ok(g),
+            _ => Err(too_large()),
         }
-        Ok(g)
     }
 
     pub fn rows(&self) -> usize {
@@ -265,22 +283,33 @@ pub fn dataset_sheet(
         scale,
     )?;
     let record = ds.record_bytes();
-    let mut images = vec![0u8; record * indices.len()];
+    if let Some(&i) = indices.iter().find(|&&i| i >= ds.len() as u64) {
+        return Err(Error::invalid(format!(
+            "{}: record {i} is out of range (the dataset has {} records)",
+            ds.root().display(),
+            ds.len()
+        )));
+    }
+    let bytes = record.checked_mul(indices.len()).ok_or_else(|| {
+        Error::invalid(format!(
+            "{}: {} records are too many for a contact sheet",
+            ds.root().display(),
+            indices.len()
+        ))
+    })?;
+    let mut images = vantix_read::try_zeroed(bytes, "the contact sheet's records")?;
     let mut captions = Vec::with_capacity(indices.len());
+    // As every read path: the shards must not have changed on disk since open (a truncated
+    // mapping would kill the process with SIGBUS), checked before and after the copy.
+    ds.check_before_read(indices, vantix_read::Verify::None)?;
     for (&i, dst) in indices.iter().zip(images.chunks_exact_mut(record)) {
-        let i = usize::try_from(i).unwrap_or(usize::MAX);
-        if i >= ds.len() {
-            return Err(Error::invalid(format!(
-                "{}: record {i} is out of range (the dataset has {} records)",
-                ds.root().display(),
-                ds.len()
-            )));
-        }
+        let i = i as usize;
         ds.read_into(i, dst)?;
         let label = ds.label(i)? as usize;
         let class = ds.classes().get(label).map_or("?", String::as_str);
         captions.push(format!("#{i} {class}"));
     }
+    ds.check_after_read(indices)?;
     contact_sheet(&images, &captions, &g)
 }
 

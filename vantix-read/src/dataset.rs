@@ -17,33 +17,70 @@ use crate::format::{
     table_u32, table_u64, Codec, Geometry, Manifest, ShardHeader, MANIFEST_NAME, MAX_MANIFEST_BYTES,
 };
 
-/// What identifies a shard file's content on disk: length, modification and change times (s, ns).
-/// Taken at open; a mapped shard whose stamp changes has been modified under the reader.
+/// What identifies a shard file and its content on disk: the file (device and inode), its length
+/// and its modification time (s, ns). Taken at open; a shard whose file at its path still is
+/// the mapped one but has another length or modification time has been modified under the
+/// reader. The change time is left out on purpose: `chmod`, a hard link, an extended attribute
+/// or a rename change it without touching the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
+    dev: u64,
+    ino: u64,
     len: u64,
     mtime: (i64, i64),
-    ctime: (i64, i64),
 }
 
 impl Stamp {
     fn of(meta: &std::fs::Metadata) -> Self {
         Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
             len: meta.len(),
             mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
         }
+    }
+    fn same_file(&self, other: &Stamp) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
     }
 }
 
-/// One memory-mapped, validated shard.
+/// A modification time `(s, ns)` as seconds since the epoch, for messages.
+fn time_text((s, ns): (i64, i64)) -> String {
+    format!("{s}.{ns:09}")
+}
+
+/// Smallest number of bytes a zstd frame can take to decompress to `n` bytes: a frame holds
+/// blocks of at most 128 KiB of output each, and every block has a 3-byte header (plus at
+/// least the 4-byte magic number). Bounding each frame from below bounds the record size by
+/// the file size, so a small file cannot declare records that no allocation can hold.
+pub fn min_zstd_frame(n: usize) -> u64 {
+    4 + 3 * (n as u64).div_ceil(128 * 1024)
+}
+
+/// A zeroed buffer of `len` bytes, or an error naming `what` when the allocation fails (never
+/// an abort).
+pub fn try_zeroed(len: usize, what: &str) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::invalid(format!(
+            "cannot allocate {len} bytes for {what}: not enough memory"
+        ))
+    })?;
+    v.resize(len, 0);
+    Ok(v)
+}
+
+/// One memory-mapped, validated shard. Its file descriptor is closed once the mapping exists
+/// (a dataset of any number of shards holds none), and changes are checked by path.
 pub struct Shard {
     name: String,
-    /// The open file behind `mmap`, kept to check (`fstat`) that it has not changed.
-    file: File,
+    path: PathBuf,
     stamp: Stamp,
     mmap: Mmap,
     header: ShardHeader,
+    /// The offsets table (zstd), copied at open: it is read for every record and must not
+    /// fault if the file is truncated.
+    offsets: Vec<u64>,
     /// Set once the whole shard has passed verification (checked-read mode `shard`).
     verified: AtomicBool,
     /// The shard's zstd dictionary, prepared for decompression (format version 3).
@@ -60,7 +97,7 @@ impl Shard {
     fn crcs(&self) -> &[u8] {
         self.table(self.header.crc_offset, 4 * self.header.num_records)
     }
-    fn offsets(&self) -> &[u8] {
+    fn mapped_offsets(&self) -> &[u8] {
         self.table(
             self.header.offsets_offset,
             8 * (self.header.num_records + 1),
@@ -73,11 +110,10 @@ impl Shard {
             let s = h.data_offset as usize + j * h.stride as usize;
             (s, s + record_bytes)
         } else {
-            let o = self.offsets();
             let base = h.data_offset as usize;
             (
-                base + table_u64(o, j) as usize,
-                base + table_u64(o, j + 1) as usize,
+                base + self.offsets[j] as usize,
+                base + self.offsets[j + 1] as usize,
             )
         };
         &self.mmap[start..end]
@@ -105,17 +141,27 @@ impl Shard {
             .then(|| self.table(self.header.dict_offset, self.header.dict_size as u64))
     }
 
-    /// Check that the file behind the mapping still has the length and times it had at open.
+    /// Check that the file behind the mapping still has the length and modification time it
+    /// had at open (`lstat` of its path: one system call, no descriptor kept).
     ///
     /// Reading a page of a mapping past the end of a truncated file kills the process with
     /// `SIGBUS`, so the loader calls this before (and after) copying from a shard: a shard that
-    /// is truncated, extended or rewritten in place while open becomes an error that names it.
-    /// A truncation that races with the copy itself cannot be caught this way (see
-    /// `docs/FORMAT.md`, "Concurrent changes").
+    /// is truncated, extended or rewritten in place while open becomes an error that names it
+    /// and what changed. Metadata changes (`chmod`, hard links, extended attributes: the change
+    /// time) are not changes. A path that now holds another file (a shard replaced by a rename,
+    /// or removed) is not a change to the open dataset either: the mapping keeps the old file,
+    /// complete, alive. What cannot be caught this way: a truncation that races with the copy
+    /// itself, and a truncation of the old file, after its path was replaced, through another
+    /// hard link or a descriptor opened before (see `docs/FORMAT.md`, "Concurrent changes").
     pub fn check_unchanged(&self) -> Result<()> {
-        let meta = self.file.metadata().map_err(|e| Error::io(&self.name, e))?;
+        let meta = match std::fs::symlink_metadata(&self.path) {
+            Ok(m) => m,
+            // Removed: the mapping keeps the old file alive, as after a replacement.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(&self.name, e)),
+        };
         let now = Stamp::of(&meta);
-        if now == self.stamp {
+        if now == self.stamp || !now.same_file(&self.stamp) {
             return Ok(());
         }
         let what = if now.len != self.stamp.len {
@@ -124,7 +170,12 @@ impl Shard {
                 now.len, self.stamp.len
             )
         } else {
-            "it was rewritten in place (its modification time changed)".to_string()
+            format!(
+                "it was rewritten in place (same size, but its modification time changed from \
+                 {} to {})",
+                time_text(self.stamp.mtime),
+                time_text(now.mtime)
+            )
         };
         Err(Error::Changed {
             file: self.name.clone(),
@@ -192,6 +243,11 @@ fn open_regular(path: &Path, what: &str) -> Result<(File, std::fs::Metadata)> {
 pub struct Dataset {
     root: PathBuf,
     manifest: Manifest,
+    /// [`Manifest::identity`], checked against the stored one at open.
+    identity: String,
+    /// Every sample's label, copied (and range-checked) at open, so that reading labels never
+    /// touches a mapping that may have been truncated since.
+    labels: Vec<u32>,
     shards: Vec<Shard>,
     /// `starts[k]` is the global index of shard `k`'s first record; `starts[len]` = total.
     starts: Vec<u64>,
@@ -242,13 +298,14 @@ impl Dataset {
         }
         let manifest_path = root.join(MANIFEST_NAME);
         let mfile = manifest_path.display().to_string();
-        let manifest = read_manifest(&manifest_path)?;
+        let (manifest, stored_identity) = read_manifest(&manifest_path)?;
         let geometry = manifest.geometry;
         let record_bytes = geometry.record_bytes();
         let num_classes = manifest.classes.len() as u64;
 
         let mut shards = Vec::with_capacity(manifest.shards.len());
         let mut starts = Vec::with_capacity(manifest.shards.len() + 1);
+        let mut all_labels: Vec<u32> = Vec::new();
         let mut total = 0u64;
         for info in &manifest.shards {
             check_shard_name(&info.file, &mfile)?;
@@ -331,12 +388,16 @@ impl Dataset {
                     "shard is out of order (first record index)",
                 ));
             }
+            // The mapping does not need its descriptor: closing it here lets any number of
+            // shards open under a small `ulimit -n`; changes are checked by path.
+            drop(file);
             let mut shard = Shard {
                 name: sname.clone(),
-                file,
+                path: spath.clone(),
                 stamp,
                 mmap,
                 header,
+                offsets: Vec::new(),
                 verified: AtomicBool::new(false),
                 dict: None,
             };
@@ -352,25 +413,33 @@ impl Dataset {
                 })?;
                 shard.dict = Some(ddict);
             }
+            // The tables are copied: their size is bounded by the file's (checked by
+            // `ShardHeader::decode`), and the allocation is fallible.
+            let n = header.num_records as usize;
+            let alloc_err = || Error::corrupt(&sname, "not enough memory for the shard's tables");
+            all_labels.try_reserve(n).map_err(|_| alloc_err())?;
             let labels = shard.labels();
-            for j in 0..header.num_records as usize {
-                if table_u32(labels, j) as u64 >= num_classes {
+            for j in 0..n {
+                let label = table_u32(labels, j);
+                if label as u64 >= num_classes {
                     return Err(Error::corrupt(
                         &sname,
-                        format!(
-                            "record {j} has label {} but there are {num_classes} classes",
-                            table_u32(labels, j)
-                        ),
+                        format!("record {j} has label {label} but there are {num_classes} classes"),
                     ));
                 }
+                all_labels.push(label);
             }
             if header.offsets_offset != 0 {
-                let o = shard.offsets();
+                let o = shard.mapped_offsets();
+                let mut offsets = Vec::new();
+                offsets.try_reserve_exact(n + 1).map_err(|_| alloc_err())?;
                 let mut prev = table_u64(o, 0);
                 if prev != 0 {
                     return Err(Error::corrupt(&sname, "offsets table does not start at 0"));
                 }
-                for j in 1..=header.num_records as usize {
+                offsets.push(prev);
+                let min_frame = min_zstd_frame(record_bytes);
+                for j in 1..=n {
                     let cur = table_u64(o, j);
                     if cur < prev || cur - prev > (record_bytes as u64) * 2 + 1024 {
                         return Err(Error::corrupt(
@@ -378,6 +447,21 @@ impl Dataset {
                             format!("offsets table entry {j} is invalid"),
                         ));
                     }
+                    if cur - prev < min_frame {
+                        return Err(Error::corrupt(
+                            &sname,
+                            format!(
+                                "record {}: a zstd frame of {} bytes cannot hold a record of \
+                                 {record_bytes} bytes ({}x{}x{}; at least {min_frame} bytes)",
+                                j - 1,
+                                cur - prev,
+                                geometry.height,
+                                geometry.width,
+                                geometry.channels
+                            ),
+                        ));
+                    }
+                    offsets.push(cur);
                     prev = cur;
                 }
                 if prev != header.data_size {
@@ -386,6 +470,7 @@ impl Dataset {
                         "offsets table does not end at the data size",
                     ));
                 }
+                shard.offsets = offsets;
             }
             starts.push(total);
             total += header.num_records;
@@ -401,12 +486,39 @@ impl Dataset {
                 ),
             ));
         }
+        // Last, so that every other error in an edited manifest is reported as itself.
+        let identity = manifest.identity();
+        if let Some(stored) = stored_identity {
+            if stored != identity {
+                return Err(Error::corrupt(
+                    &mfile,
+                    format!(
+                        "its identity {stored:?} does not match its content (identity \
+                         {identity:?}): the manifest was edited after packing (remove the \
+                         \"identity\" field to accept the edit)"
+                    ),
+                ));
+            }
+        }
         Ok(Dataset {
             root,
             manifest,
+            identity,
+            labels: all_labels,
             shards,
             starts,
         })
+    }
+
+    /// The dataset's identity ([`Manifest::identity`]): 32 hex digits that change whenever
+    /// what the dataset serves changes (a repack, an append, a merge).
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// Every sample's label, in dataset order (copied at open).
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
     }
 
     pub fn root(&self) -> &Path {
@@ -455,10 +567,14 @@ impl Dataset {
         Ok((&self.shards[k], j))
     }
 
-    /// Class index of sample `i`.
+    /// Class index of sample `i` (from the copy made at open: never touches a mapping).
     pub fn label(&self, i: usize) -> Result<u32> {
-        let (shard, j) = self.locate(i)?;
-        Ok(table_u32(shard.labels(), j))
+        self.labels.get(i).copied().ok_or_else(|| {
+            Error::invalid(format!(
+                "index {i} is out of range for a dataset of {} samples",
+                self.len()
+            ))
+        })
     }
 
     /// Decode sample `i` into `dst` (exactly `record_bytes()` long, HWC uint8).
@@ -550,7 +666,17 @@ impl Dataset {
         }
         RECORD.with(|cell| {
             let mut buf = cell.borrow_mut();
-            buf.resize(self.record_bytes(), 0);
+            let rb = self.record_bytes();
+            if buf.len() != rb {
+                buf.clear();
+                buf.try_reserve_exact(rb).map_err(|_| {
+                    Error::invalid(format!(
+                        "cannot allocate {rb} bytes for a record of {}: not enough memory",
+                        self.root.display()
+                    ))
+                })?;
+                buf.resize(rb, 0);
+            }
             self.read_into(i, &mut buf)?;
             Ok(f(&buf))
         })
@@ -580,6 +706,9 @@ impl Dataset {
                 });
             }
         }
+        if self.manifest.codec != Codec::Raw {
+            self.verify_frames(shard)?;
+        }
         let got = crate::format::xxh3_hex(&shard.mmap);
         if got != info.xxh3 {
             return Err(Error::Checksum {
@@ -592,6 +721,41 @@ impl Dataset {
         }
         shard.check_unchanged()?;
         shard.verified.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Decompress every zstd frame of `shard` (into one scratch record): each must decompress,
+    /// to exactly the record size. Checksums only say that the frames are the ones packed; a
+    /// dataset made by hand can have checksums that match frames no reader can serve.
+    fn verify_frames(&self, shard: &Shard) -> Result<()> {
+        let rb = self.record_bytes();
+        let mut scratch = try_zeroed(rb, "verifying a zstd record")?;
+        let mut dctx = zstd_safe::DCtx::create();
+        for j in 0..shard.header.num_records as usize {
+            let src = shard.stored(j, rb);
+            let sample = shard.header.first_index + j as u64;
+            let n = match &shard.dict {
+                Some(ddict) => dctx.decompress_using_ddict(&mut scratch[..], src, ddict),
+                None => dctx.decompress(&mut scratch[..], src),
+            }
+            .map_err(|code| Error::Checksum {
+                file: shard.name.clone(),
+                msg: format!(
+                    "record {j} (sample {sample}): zstd frame does not decompress to the \
+                     {rb}-byte record: {}",
+                    zstd_safe::get_error_name(code)
+                ),
+            })?;
+            if n != rb {
+                return Err(Error::Checksum {
+                    file: shard.name.clone(),
+                    msg: format!(
+                        "record {j} (sample {sample}): zstd frame decompresses to {n} bytes, \
+                         a record is {rb}"
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -652,7 +816,8 @@ impl Dataset {
     }
 }
 
-fn read_manifest(path: &Path) -> Result<Manifest> {
+/// The parsed manifest and the identity stored in it (if any).
+fn read_manifest(path: &Path) -> Result<(Manifest, Option<String>)> {
     let name = path.display().to_string();
     // The manifest may be a symlink (the shards may not), but it must lead to a regular file:
     // opening a FIFO or a device would block or read forever.
@@ -682,5 +847,7 @@ fn read_manifest(path: &Path) -> Result<Manifest> {
             "manifest grew over the size limit while read",
         ));
     }
-    Manifest::parse(&text, &name)
+    let manifest = Manifest::parse(&text, &name)?;
+    let identity = Manifest::stored_identity(&text, &name)?;
+    Ok((manifest, identity))
 }

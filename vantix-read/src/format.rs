@@ -347,8 +347,87 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The manifest as stored in `manifest.json`: its fields, then `identity`
+    /// ([`Manifest::identity`]), so every writer (pack, append, merge) stores the fingerprint.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("manifest serialises")
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            #[serde(flatten)]
+            manifest: &'a Manifest,
+            identity: String,
+        }
+        let stored = Stored {
+            manifest: self,
+            identity: self.identity(),
+        };
+        serde_json::to_string_pretty(&stored).expect("manifest serialises")
+    }
+
+    /// The `identity` field stored in `manifest.json` bytes, if any (datasets packed before
+    /// it existed have none). A malformed field is an error naming the file.
+    pub fn stored_identity(bytes: &[u8], name: &str) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Stored {
+            #[serde(default)]
+            identity: Option<String>,
+        }
+        let s: Stored = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(name, format!("manifest is not valid: {e}")))?;
+        Ok(s.identity)
+    }
+
+    /// The dataset's identity: XXH3-128 (32 lower-case hex digits) of the canonical text of
+    /// everything that decides what the dataset serves: format version, geometry and channel
+    /// order, codec, classes, and every shard's file name, record count, size and XXH3-64
+    /// (which covers its labels and pixels). The informational fields (`pack`, `skipped`,
+    /// `part`, `appends`) are not part of it. Specified in `docs/FORMAT.md` §2.7.
+    pub fn identity(&self) -> String {
+        format!(
+            "{:032x}",
+            xxhash_rust::xxh3::xxh3_128(self.identity_text().as_bytes())
+        )
+    }
+
+    /// The canonical text hashed by [`Manifest::identity`] (one field per line).
+    pub fn identity_text(&self) -> String {
+        use std::fmt::Write;
+        let json = |s: &str| serde_json::to_string(s).expect("a string serialises");
+        let g = self.geometry;
+        let level = match self.codec {
+            Codec::Zstd { level, .. } => level,
+            Codec::Raw => 0,
+        };
+        let mut t = String::new();
+        let _ = writeln!(t, "vantix-identity 1");
+        let _ = writeln!(t, "version {}", self.version);
+        let _ = writeln!(
+            t,
+            "geometry {} {} {} {}",
+            g.height, g.width, g.channels, self.channel_order
+        );
+        let _ = writeln!(
+            t,
+            "codec {} {level} {}",
+            self.codec.name(),
+            self.codec.filter().name()
+        );
+        let _ = writeln!(t, "num_samples {}", self.num_samples);
+        let _ = writeln!(t, "classes {}", self.classes.len());
+        for c in &self.classes {
+            let _ = writeln!(t, "{}", json(c));
+        }
+        let _ = writeln!(t, "shards {}", self.shards.len());
+        for s in &self.shards {
+            let _ = writeln!(
+                t,
+                "{} {} {} {}",
+                json(&s.file),
+                s.num_records,
+                s.size_bytes,
+                s.xxh3
+            );
+        }
+        t
     }
 }
 
@@ -798,4 +877,89 @@ mod tests {
             (2, 0, 0)
         );
     }
+
+    /// The identity test vector of `docs/FORMAT.md` §2.7: the example manifest of §2.5.
+    #[test]
+    fn identity_test_vector() {
+        let m = Manifest::parse(EXAMPLE_MANIFEST.as_bytes(), "example").unwrap();
+        let text = m.identity_text();
+        assert!(text.starts_with(
+            "vantix-identity 1\nversion 1\ngeometry 224 224 3 RGB\ncodec raw 0 none\n\
+             num_samples 1500\nclasses 2\n\"cat\"\n\"dog\"\nshards 2\n\
+             \"shard-00000.vxs\" 1000 150536192 3f9a0c1e5b7d2468\n"
+        ));
+        println!("{text}{}", m.identity());
+        assert_eq!(m.identity(), IDENTITY_VECTOR);
+        // Stored by `to_json`, last, and read back.
+        let json = m.to_json();
+        assert!(json
+            .trim_end()
+            .ends_with(&format!("\"identity\": \"{IDENTITY_VECTOR}\"\n}}")));
+        assert_eq!(
+            Manifest::stored_identity(json.as_bytes(), "m")
+                .unwrap()
+                .as_deref(),
+            Some(IDENTITY_VECTOR)
+        );
+        assert_eq!(Manifest::parse(json.as_bytes(), "m").unwrap(), m);
+    }
+
+    const IDENTITY_VECTOR: &str = "349885f1f9136435a623538ac1495e31";
+
+    const EXAMPLE_MANIFEST: &str = r#"{
+  "format": "vantix",
+  "version": 1,
+  "width": 224,
+  "height": 224,
+  "channels": 3,
+  "dtype": "uint8",
+  "layout": "HWC",
+  "channel_order": "RGB",
+  "codec": {
+    "name": "raw"
+  },
+  "classes": [
+    "cat",
+    "dog"
+  ],
+  "num_samples": 1500,
+  "shards": [
+    {
+      "file": "shard-00000.vxs",
+      "num_records": 1000,
+      "size_bytes": 150536192,
+      "xxh3": "3f9a0c1e5b7d2468"
+    },
+    {
+      "file": "shard-00001.vxs",
+      "num_records": 500,
+      "size_bytes": 75272192,
+      "xxh3": "c0ffee0123456789"
+    }
+  ],
+  "pack": {
+    "resize": "center-crop",
+    "interpolation": "bilinear",
+    "pad_color": [
+      0,
+      0,
+      0
+    ],
+    "source": "/data/pets/train",
+    "source_files": 1502,
+    "source_list_xxh3": "8d1e4f00a2b3c4d5",
+    "vantix_version": "0.1.0"
+  },
+  "skipped": [
+    {
+      "path": "cat/broken.jpg",
+      "reason": "cannot decode: unexpected end of file"
+    },
+    {
+      "path": "dog/empty.png",
+      "reason": "cannot decode: file is empty"
+    }
+  ]
+}
+"#;
 }

@@ -21,18 +21,20 @@ pub mod error;
 pub mod filter;
 pub mod format;
 pub mod loader;
+pub mod resume;
 pub mod sampler;
 #[doc(hidden)]
 pub mod testing;
 pub mod threads;
 pub mod transform;
 
-pub use dataset::{Dataset, Shard, Verify};
+pub use dataset::{try_zeroed, Dataset, Shard, Verify};
 pub use error::{Error, Result};
 pub use format::{Codec, Filter, Geometry, Manifest};
 pub use loader::{
     Allocator, Batch, BufferPool, EpochIter, ExternalMemory, Loader, LoaderConfig, Next,
     PooledBuffer, Stopper,
 };
+pub use resume::{resume_key, ResumeInputs};
 pub use sampler::{train_val_split, Order, Sampler};
 pub use transform::{DType, Layout, Params, Transform};

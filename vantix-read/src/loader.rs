@@ -352,6 +352,7 @@ impl Loader {
         }
         let g = dataset.geometry();
         let transform = Arc::new(config.transform.prepare(g.height, g.width, g.channels)?);
+        transform.check_batch_memory(config.batch_size, config.prefetch.saturating_add(2))?;
         let shared = Arc::new(Shared {
             buffers: ProcessLocal::new(),
             threads: ProcessLocal::new(),

@@ -41,6 +41,48 @@ use crate::sampler::{mix, SplitMix64};
 /// Fourth word of the per-sample seed, keeping augmentation draws apart from every other stream.
 pub const TRANSFORM_STREAM: u64 = u64::from_be_bytes(*b"vtxaugmt");
 
+/// Largest output image (after crop and conversion) a loader assembles: 1 GiB (e.g. 16384 x
+/// 16384 RGBA uint8, or 8192 x 8192 RGBA float32). Larger is a `VantixError` naming the option.
+pub const MAX_SAMPLE_BYTES: u64 = 1 << 30;
+/// Largest batch buffer (`batch_size` output images): 8 GiB. On top of it, the batch buffers a
+/// loader can hold (`prefetch + 2`) must fit in half the memory of the machine (or of its
+/// cgroup), see [`Prepared::check_batch_memory`].
+pub const MAX_BATCH_BYTES: u64 = 8 << 30;
+
+/// `n` bytes in binary units, for messages.
+fn gib(n: u128) -> String {
+    if n >= 1 << 30 {
+        format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// Memory this process can use: the physical memory, or the cgroup's limit when lower
+/// (`memory.max` of cgroup v2, `memory.limit_in_bytes` of v1). `None` when unknown.
+pub fn memory_limit() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGE_SIZE),
+        )
+    };
+    let physical = (pages > 0 && page > 0).then(|| pages as u64 * page as u64);
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .filter_map(|t| t.trim().parse::<u64>().ok())
+    .min();
+    match (physical, cgroup) {
+        (Some(p), Some(c)) => Some(p.min(c)),
+        (p, c) => p.or(c),
+    }
+}
+
 /// Element type of the output images.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DType {
@@ -229,6 +271,18 @@ impl Transform {
         if self.padding > 0 && self.random_crop.is_none() {
             return Err(Error::invalid("padding is only used with random_crop"));
         }
+        let (oh, ow) = self.output_size(height, width);
+        let sample = oh as u128 * ow as u128 * channels as u128 * self.dtype.size() as u128;
+        if sample > MAX_SAMPLE_BYTES as u128 {
+            return Err(Error::invalid(format!(
+                "{} gives output images of {oh}x{ow}x{channels} {} = {} each, over the limit of \
+                 {} per image; choose a smaller size",
+                self.size_option(height, width),
+                self.dtype.name(),
+                gib(sample),
+                gib(MAX_SAMPLE_BYTES as u128)
+            )));
+        }
         if let Some((h, w)) = self.random_crop {
             let (ph, pw) = (
                 height as u64 + 2 * self.padding as u64,
@@ -279,6 +333,19 @@ impl Transform {
             ));
         }
         Ok(())
+    }
+
+    /// The option that decides the output size, for messages: `center_crop (h, w)` and the
+    /// like, or the packed size.
+    fn size_option(&self, height: u32, width: u32) -> String {
+        [
+            ("random_crop", self.random_crop),
+            ("random_resized_crop", self.random_resized_crop),
+            ("center_crop", self.center_crop),
+        ]
+        .into_iter()
+        .find_map(|(name, s)| s.map(|(h, w)| format!("{name}=({h}, {w})")))
+        .unwrap_or_else(|| format!("the packed image size ({height}, {width})"))
     }
 
     /// `(height, width)` of the output images for packed images of `height x width`.
@@ -466,6 +533,51 @@ thread_local! {
 }
 
 impl Prepared {
+    /// Check that batches of `batch_size` images fit: one batch at most [`MAX_BATCH_BYTES`],
+    /// and the `buffers` batches a loader can hold at once (`prefetch + 2`: the queue, the one
+    /// being assembled, the one the consumer holds) at most half of [`memory_limit`]. An error
+    /// names the options instead of an abort or an out-of-memory kill at the first batch.
+    pub fn check_batch_memory(&self, batch_size: usize, buffers: usize) -> Result<()> {
+        let sample = self.sample_bytes() as u128;
+        let batch = sample * batch_size as u128;
+        let total = batch * buffers as u128;
+        let what = || {
+            format!(
+                "batch_size={batch_size} images of {}x{}x{} {} ({}, {} each)",
+                self.out_h,
+                self.out_w,
+                self.channels,
+                self.transform.dtype.name(),
+                self.transform.size_option(self.src_h, self.src_w),
+                gib(sample)
+            )
+        };
+        if batch > MAX_BATCH_BYTES as u128 {
+            return Err(Error::invalid(format!(
+                "{} make batches of {}, over the limit of {} per batch; lower batch_size or \
+                 the output size",
+                what(),
+                gib(batch),
+                gib(MAX_BATCH_BYTES as u128)
+            )));
+        }
+        if let Some(limit) = memory_limit() {
+            if total > limit as u128 / 2 {
+                return Err(Error::invalid(format!(
+                    "{} make batches of {}; the loader holds up to {buffers} of them (prefetch \
+                     + 2), {}, over half of this machine's memory ({} of {}); lower \
+                     batch_size, prefetch or the output size",
+                    what(),
+                    gib(batch),
+                    gib(total),
+                    gib(limit as u128 / 2),
+                    gib(limit as u128)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn transform(&self) -> &Transform {
         &self.transform
     }
