@@ -154,6 +154,9 @@ def pack(
     channels: int = 3,
     exif_orientation: bool = False,
     dictionary: str = "auto",
+    allow_truncated: bool = False,
+    allow_empty: bool = False,
+    max_file_size: int = 1073741824,
 ) -> dict[str, Any]: ...
 def merge(
     parts: Sequence[_Path], dst: _Path, overwrite: bool = False, progress: bool = False
@@ -166,6 +169,8 @@ def append(
     strict: bool,
     new_classes: bool,
     progress: bool,
+    allow_truncated: bool = False,
+    allow_empty: bool = False,
 ) -> dict[str, Any]: ...
 def cli_main(argv: Sequence[str]) -> int: ...
 def train_val_split(
