@@ -156,7 +156,7 @@ def pack(
     dictionary: str = "auto",
     allow_truncated: bool = False,
     allow_empty: bool = False,
-    max_file_size: int = 1073741824,
+    max_file_size: int = ...,
 ) -> dict[str, Any]: ...
 def merge(
     parts: Sequence[_Path], dst: _Path, overwrite: bool = False, progress: bool = False

@@ -199,7 +199,9 @@ enum PngCut {
 
 /// The chunks of a PNG (`(type, data)`) as far as they are complete, and where the data ended
 /// early, if it did (before IEND).
-fn png_chunks(b: &[u8]) -> (Vec<([u8; 4], &[u8])>, Option<PngCut>) {
+type PngChunks<'a> = (Vec<([u8; 4], &'a [u8])>, Option<PngCut>);
+
+fn png_chunks(b: &[u8]) -> PngChunks<'_> {
     let mut out = Vec::new();
     let mut i = PNG_SIGNATURE.len();
     while i < b.len() {
@@ -893,6 +895,38 @@ pub fn process(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
             }
         };
         resize_pixels(to_channels(px, spec.channels), original, spec)
+    })
+}
+
+/// Decode a truncated JPEG as far as its data goes (`--allow-truncated`): `jpeg-decoder`
+/// fills the missing part as libjpeg does for Pillow's `LOAD_TRUNCATED_IMAGES`; then resize as
+/// [`process`] does. Grey and RGB JPEGs only.
+pub fn process_truncated_jpeg(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
+    isolate(|| {
+        let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+        dec.read_info().map_err(|e| format!("JPEG: {e}"))?;
+        let info = dec.info().ok_or("JPEG: no frame header")?;
+        let (w, h) = (info.width as u32, info.height as u32);
+        if w == 0 || h == 0 || w as u64 * h as u64 > spec.max_pixels {
+            return Err(format!("JPEG: size {w}x{h} is empty or over --max-pixels"));
+        }
+        let channels = match info.pixel_format {
+            jpeg_decoder::PixelFormat::RGB24 => 3,
+            jpeg_decoder::PixelFormat::L8 => 1,
+            _ => return Err("JPEG: only grey and RGB truncated JPEGs are decoded".into()),
+        };
+        dec.set_max_decoding_buffer_size((spec.max_pixels as usize).saturating_mul(4));
+        let data = dec.decode().map_err(|e| format!("JPEG: {e}"))?;
+        if data.len() != w as usize * h as usize * channels {
+            return Err(format!("JPEG: decoded {} bytes for {w}x{h}", data.len()));
+        }
+        let px = Pixels {
+            data,
+            width: w,
+            height: h,
+            channels,
+        };
+        resize_pixels(to_channels(px, spec.channels), (w, h), spec)
     })
 }
 

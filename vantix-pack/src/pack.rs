@@ -384,7 +384,28 @@ fn pack_one(
             ));
         }
     }
-    let record = process(&bytes, &opts.spec)?;
+    let record = match &damage {
+        None => process(&bytes, &opts.spec)?,
+        Some(why) => {
+            // As libjpeg does for Pillow's LOAD_TRUNCATED_IMAGES: end the data with an EOI
+            // marker, so the decoder fills in the missing part instead of failing.
+            let mut ended = bytes;
+            if ended.starts_with(&[0xFF, 0xD8]) {
+                ended.extend_from_slice(&[0xFF, 0xD9]);
+            }
+            process(&ended, &opts.spec)
+                .or_else(|e| {
+                    if ended.starts_with(&[0xFF, 0xD8]) {
+                        crate::imaging::process_truncated_jpeg(&ended, &opts.spec)
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| {
+                    format!("truncated: {why}; the decoder cannot decode what it holds ({e})")
+                })?
+        }
+    };
     Ok((
         encode(record, opts.codec, geometry, compress)?,
         damage.is_some(),
