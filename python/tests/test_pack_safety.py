@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BIN, write_image_folder
 from PIL import Image
 
 import vantix
 from vantix import VantixDataset, VantixError
-
-from conftest import BIN, write_image_folder
 
 TIMEOUT = 120
 
@@ -247,7 +246,9 @@ def _run_measured(args: list[str], timeout: int = TIMEOUT):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise AssertionError(f"{args} still running after {timeout} s (hung on an input?)")
+        raise AssertionError(
+            f"{args} still running after {timeout} s (hung on an input?)"
+        ) from None
     # The child was reaped by communicate(): its usage is in RUSAGE_CHILDREN (the maximum
     # over the children so far, which are small in this test process).
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
