@@ -578,7 +578,7 @@ impl EpochIterator {
 
 /// Pack an ImageFolder (see `vantix.pack`). Returns a dict report.
 #[pyfunction]
-#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", part=None, channels=3, exif_orientation=false, dictionary="auto"))]
+#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", part=None, channels=3, exif_orientation=false, dictionary="auto", allow_truncated=false, allow_empty=false, max_file_size=vantix_pack::DEFAULT_MAX_FILE_BYTES))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -603,6 +603,9 @@ fn pack<'py>(
     channels: u32,
     exif_orientation: bool,
     dictionary: &str,
+    allow_truncated: bool,
+    allow_empty: bool,
+    max_file_size: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
     let zstd_dictionary = vantix_pack::DictionaryMode::parse(dictionary).ok_or_else(|| {
         VantixError::new_err(format!(
@@ -658,6 +661,9 @@ fn pack<'py>(
         interrupt: None,
         part,
         zstd_dictionary,
+        allow_truncated,
+        allow_empty,
+        max_file_bytes: max_file_size,
     };
     // Ctrl-C: the packing thread (this one, with the GIL released) asks Python between chunks
     // of images whether a signal handler raised; the pack then stops, removes its temporary
@@ -713,7 +719,7 @@ fn merge<'py>(
 
 /// Add new images to a dataset (see `vantix.append`). Returns a dict report.
 #[pyfunction]
-#[pyo3(signature = (src, dst, shard_size, num_threads, strict, new_classes, progress))]
+#[pyo3(signature = (src, dst, shard_size, num_threads, strict, new_classes, progress, allow_truncated=false, allow_empty=false))]
 #[allow(clippy::too_many_arguments)]
 fn append<'py>(
     py: Python<'py>,
@@ -724,6 +730,8 @@ fn append<'py>(
     strict: bool,
     new_classes: bool,
     progress: bool,
+    allow_truncated: bool,
+    allow_empty: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let raised: Raised = Arc::default();
     let opts = AppendOptions {
@@ -734,6 +742,8 @@ fn append<'py>(
         progress,
         report_skipped: true,
         interrupt: Some(interrupt_on_signal(&raised)),
+        allow_truncated,
+        allow_empty,
     };
     let result = py.detach(|| vantix_pack::append(&src, &dst, &opts));
     if let Some(e) = raised.lock().unwrap().take() {
@@ -753,6 +763,7 @@ fn report_dict(py: Python<'_>, report: PackReport) -> PyResult<Bound<'_, PyDict>
         .map(|s| (s.path, s.reason))
         .collect();
     d.set_item("skipped", skipped)?;
+    d.set_item("truncated", report.truncated)?;
     d.set_item("num_shards", report.shards.len())?;
     d.set_item("bytes_written", report.bytes_written)?;
     d.set_item("seconds", report.seconds)?;

@@ -96,11 +96,19 @@ def test_existing_output_is_refused_unless_overwrite(src, tmp_path):
 
 
 def test_stale_partial_output_of_a_killed_packer_is_cleaned(src, tmp_path):
-    stale = tmp_path / ".out.vtx.partial-999999999"
+    # As a killed packer leaves it: its marker, no lock held (test_reliability.py kills real
+    # packers at random moments and checks the rerun leaves nothing either).
+    stale = tmp_path / ".out.vtx.partial-Zq8xk2PaL0vB"
     stale.mkdir()
+    (stale / ".vantix-staging").write_bytes(b"")
     (stale / "shard-00000.vxs.data").write_bytes(b"half")
+    # Not proven to be a packer's (no marker, no manifest, not empty): left alone.
+    unknown = tmp_path / ".out.vtx.partial-999999999"
+    unknown.mkdir()
+    (unknown / "mine.txt").write_text("not vantix-pack's")
     vantix.pack(src, tmp_path / "out.vtx", size=16)
     assert not stale.exists()
+    assert (unknown / "mine.txt").read_text() == "not vantix-pack's"
 
 
 def test_shard_size_splits_and_zstd_round_trips(src, tmp_path):

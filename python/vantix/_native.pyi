@@ -169,6 +169,9 @@ def pack(
     channels: int = 3,
     exif_orientation: bool = False,
     dictionary: str = "auto",
+    allow_truncated: bool = False,
+    allow_empty: bool = False,
+    max_file_size: int = ...,
 ) -> dict[str, Any]: ...
 def merge(
     parts: Sequence[_Path], dst: _Path, overwrite: bool = False, progress: bool = False
@@ -181,6 +184,8 @@ def append(
     strict: bool,
     new_classes: bool,
     progress: bool,
+    allow_truncated: bool = False,
+    allow_empty: bool = False,
 ) -> dict[str, Any]: ...
 def cli_main(argv: Sequence[str]) -> int: ...
 def train_val_split(

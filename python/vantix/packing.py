@@ -25,6 +25,8 @@ class PackReport:
         classes: class names in label order (as ``ImageFolder.classes``).
         skipped: ``(relative path, reason)`` of every source file that could not be packed.
         num_shards: shard files written.
+        truncated: indices of the records packed from truncated files
+            (``allow_truncated=True``); also listed in the manifest.
         bytes_written: total size of the dataset on disk, in bytes.
         seconds: wall time of the pack.
     """
@@ -35,6 +37,8 @@ class PackReport:
     #: ``(relative path, reason)`` of every source file that could not be packed.
     skipped: list[tuple[str, str]] = field(default_factory=list)
     num_shards: int = 0
+    #: indices of the records packed from truncated files (``allow_truncated=True``).
+    truncated: list[int] = field(default_factory=list)
     bytes_written: int = 0
     seconds: float = 0.0
 
@@ -73,6 +77,9 @@ def pack(
     channels: int = 3,
     exif_orientation: bool = False,
     dictionary: str = "auto",
+    allow_truncated: bool = False,
+    allow_empty: bool = False,
+    max_file_size: int | str = "1G",
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
@@ -103,8 +110,21 @@ def pack(
         shard_size: target bytes per shard file, an int or a string like ``"512M"``.
         num_threads: worker threads (default: all cores).
         strict: raise on the first unreadable file instead of skipping and reporting it.
-        overwrite: replace ``dst`` if it exists.
+        overwrite: replace ``dst`` if it is a Vantix dataset. Anything else there (a folder
+            without a valid manifest, a file, a symlink), the source tree, a folder that
+            contains it or one inside it is never replaced: that is an error.
         progress: draw a progress bar on stderr (when it is a terminal).
+        allow_truncated: pack truncated images (data ending before the image does: a JPEG
+            without its EOI marker, a PNG cut inside a chunk) as the decoder fills them in, like
+            Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES = True``; their records are listed in the
+            manifest (``truncated``) and the report. By default they are skipped with the reason
+            ``"truncated"``, as Pillow (and so torchvision) refuses them.
+        allow_empty: keep class folders without any image, with their index and no samples, as
+            ``torchvision.datasets.ImageFolder(src, allow_empty=True)``. By default an empty
+            class is an error that names it.
+        max_file_size: largest source file read, an int or a string like ``"1G"``; a larger
+            file is skipped without being read. Only regular files are read: a FIFO, socket or
+            device (or a symlink to one) is skipped with the reason.
         max_pixels: largest accepted source image in pixels (decompression-bomb guard).
         exact_decode: decode every JPEG at full size. By default a large JPEG is decoded at
             1/2, 1/4 or 1/8 scale in the DCT domain when that keeps at least twice the resize
@@ -140,6 +160,8 @@ def pack(
         raise _native.VantixError(f"pad_color must be 3 values (R, G, B), got {pad_color!r}")
     if isinstance(shard_size, str):
         shard_size = _native.parse_bytes(shard_size)
+    if isinstance(max_file_size, str):
+        max_file_size = _native.parse_bytes(max_file_size)
     r = _native.pack(
         os.fspath(src),
         os.fspath(dst),
@@ -162,6 +184,9 @@ def pack(
         channels=int(channels),
         exif_orientation=bool(exif_orientation),
         dictionary=dictionary,
+        allow_truncated=bool(allow_truncated),
+        allow_empty=bool(allow_empty),
+        max_file_size=int(max_file_size),
     )
     return _report(r)
 
@@ -182,6 +207,7 @@ def _report(r: dict[str, Any]) -> PackReport:
         classes=list(r["classes"]),
         skipped=[tuple(s) for s in r["skipped"]],
         num_shards=r["num_shards"],
+        truncated=list(r["truncated"]),
         bytes_written=r["bytes_written"],
         seconds=r["seconds"],
     )
@@ -200,7 +226,8 @@ def merge(
     Args:
         parts: the part datasets, in any order.
         dst: output directory, e.g. ``"train.vtx"``. Written atomically.
-        overwrite: replace ``dst`` if it exists.
+        overwrite: replace ``dst`` if it is a Vantix dataset (never one of the parts, nor
+            anything that is not a dataset).
         progress: draw a progress bar on stderr (when it is a terminal).
 
     Returns:
@@ -222,6 +249,8 @@ def append(
     num_threads: int | None = None,
     strict: bool = False,
     progress: bool = False,
+    allow_truncated: bool = False,
+    allow_empty: bool = False,
 ) -> PackReport:
     """Add the images of the ImageFolder ``src`` that the dataset ``dst`` does not hold yet.
 
@@ -242,6 +271,8 @@ def append(
         num_threads: worker threads (default: all cores).
         strict: raise on the first unreadable file instead of skipping and reporting it.
         progress: draw a progress bar on stderr (when it is a terminal).
+        allow_truncated: pack truncated images instead of skipping them (see :func:`pack`).
+        allow_empty: accept class folders without images (see :func:`pack`).
 
     Returns:
         A :class:`PackReport` of what was added (``num_samples`` new records, the new
@@ -261,6 +292,8 @@ def append(
         strict,
         new_classes,
         progress,
+        allow_truncated=bool(allow_truncated),
+        allow_empty=bool(allow_empty),
     )
     return _report(r)
 

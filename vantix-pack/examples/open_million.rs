@@ -23,7 +23,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         channels: 3,
     };
     let t = Instant::now();
-    let mut w = ShardWriter::new(&dir, geometry, Codec::Raw, 16 << 20);
+    let mut w = ShardWriter::new(
+        std::sync::Arc::new(vantix_pack::outdir::Dir::open(&dir)?),
+        geometry,
+        Codec::Raw,
+        16 << 20,
+    );
     let record = vec![7u8; geometry.record_bytes()];
     for i in 0..n {
         w.push(&record, (i % 1000) as u32)?;
@@ -55,6 +60,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         skipped: vec![],
         part: None,
         appends: Vec::new(),
+        truncated: Vec::new(),
+        class_bytes: Default::default(),
     };
     std::fs::write(dir.join("manifest.json"), manifest.to_json())?;
     println!("wrote {n} records in {:.2}s", t.elapsed().as_secs_f64());

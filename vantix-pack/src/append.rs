@@ -10,25 +10,36 @@
 //! The manifest rename is the commit point: a crash before it leaves the old dataset valid
 //! (stray new shard files are not listed by the old manifest, so readers ignore them, and the
 //! next append removes them). `sources.json` is replaced first; only its first `num_samples`
-//! entries count, so a crash between the two renames is harmless too. Two appends to one
-//! dataset at once are refused (an exclusive `flock` on the dataset directory, held by the
-//! writer only: readers take no lock).
+//! entries count, so a crash between the two renames is harmless too.
+//!
+//! The writer lock ([`crate::outdir`]): an exclusive `flock` on the dataset directory, taken
+//! before anything is read, checked to be on the directory the path names, and held to the
+//! end. Another append, or a `pack`/`merge --overwrite` about to replace the dataset, waits
+//! for it or is refused. Every file is then written, renamed and removed through the locked
+//! directory's descriptor, never by re-resolving the path, so even a dataset swapped under a
+//! running append by a writer that ignores the lock is never written or cleaned by it.
+//! Readers take no lock. Paths and class names are compared as the file system's bytes.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use vantix_read::format::{AppendInfo, Geometry, Manifest, MANIFEST_NAME};
 use vantix_read::{Dataset, Error, Result};
 
 use crate::imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
-use crate::pack::{
-    pack_files, read_sources, report, source_list_hash, sync_dir, write_synced, Interrupt,
-    PackOptions, PackReport, DEFAULT_SHARD_SIZE, SOURCES_NAME,
+use crate::names;
+use crate::outdir::{
+    check_clear_of_inputs, is_vantix_file, lock_dataset, write_synced, Dir, Input,
 };
-use crate::walk::{scan, SourceFile};
+use crate::pack::{
+    pack_files, read_sources, report, source_list_hash, Interrupt, PackOptions, PackReport,
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_SHARD_SIZE, SOURCES_NAME,
+};
+use crate::walk::{scan_with, SourceFile};
 use crate::writer::ShardWriter;
 
 /// `append`'s options. Geometry, resize, interpolation, codec and filter are the dataset's own.
@@ -49,6 +60,10 @@ pub struct AppendOptions {
     pub report_skipped: bool,
     /// Asked between chunks of images; see [`PackOptions::interrupt`].
     pub interrupt: Option<Interrupt>,
+    /// Pack truncated images instead of skipping them; see [`PackOptions::allow_truncated`].
+    pub allow_truncated: bool,
+    /// Accept class folders without images; see [`PackOptions::allow_empty`].
+    pub allow_empty: bool,
 }
 
 impl Default for AppendOptions {
@@ -61,32 +76,10 @@ impl Default for AppendOptions {
             progress: false,
             report_skipped: true,
             interrupt: None,
+            allow_truncated: false,
+            allow_empty: false,
         }
     }
-}
-
-/// An exclusive `flock` on the dataset directory for as long as it is held.
-struct DirLock(#[allow(dead_code)] File);
-
-fn lock_dir(dir: &Path) -> Result<DirLock> {
-    let f = File::open(dir).map_err(|e| Error::io(dir, e))?;
-    // SAFETY: a valid open descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(Error::invalid(format!(
-                "{}: another `vantix-pack append` is adding to this dataset; wait for it to finish",
-                dir.display()
-            )));
-        }
-        // A file system without flock (some network file systems): go on without the lock.
-    }
-    Ok(DirLock(f))
-}
-
-/// A shard file (or its scratch file) as `ShardWriter` names them.
-fn is_shard_file(name: &str) -> bool {
-    name.starts_with("shard-") && (name.ends_with(".vxs") || name.ends_with(".vxs.data"))
 }
 
 fn temp_name(name: &str) -> String {
@@ -94,26 +87,27 @@ fn temp_name(name: &str) -> String {
 }
 
 /// Remove what an interrupted append left in `dir`: shard files the manifest does not list and
-/// temporary manifest or source lists.
-fn remove_strays(dir: &Path, manifest: &Manifest) {
-    let listed: HashSet<&str> = manifest.shards.iter().map(|s| s.file.as_str()).collect();
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// temporary manifest or source lists (only names vantix-pack writes, only regular files).
+fn remove_strays(dir: &Dir, manifest: &Manifest) {
+    let listed: HashSet<&[u8]> = manifest.shards.iter().map(|s| s.file.as_bytes()).collect();
+    let Ok(entries) = dir.entries() else {
         return;
     };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let stray = (is_shard_file(&name) && !listed.contains(name.as_str()))
-            || name.starts_with(&format!(".{MANIFEST_NAME}.tmp-"))
-            || name.starts_with(&format!(".{SOURCES_NAME}.tmp-"));
-        if stray && e.file_type().is_ok_and(|t| t.is_file()) {
-            let _ = std::fs::remove_file(e.path());
+    for (name, t) in entries {
+        let n = name.as_bytes();
+        let stray = is_vantix_file(n)
+            && n != MANIFEST_NAME.as_bytes()
+            && n != SOURCES_NAME.as_bytes()
+            && !listed.contains(n);
+        if stray && t == rustix::fs::FileType::RegularFile {
+            let _ = dir.remove_file(&name);
         }
     }
 }
 
 /// Removes the new shard files unless the append was committed.
 struct StrayGuard<'a> {
-    dir: &'a Path,
+    dir: &'a Dir,
     old: &'a Manifest,
     armed: bool,
 }
@@ -126,13 +120,12 @@ impl Drop for StrayGuard<'_> {
 }
 
 /// Replace `dir/name` with `bytes` atomically: a synced temporary sibling renamed over it.
-fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(temp_name(name));
-    let dst = dir.join(name);
-    write_synced(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e)))
+fn replace_file(dir: &Dir, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_name(name);
+    write_synced(dir, &tmp, bytes)
+        .and_then(|()| dir.rename(&tmp, name))
         .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = dir.remove_file(OsStr::new(&tmp));
         })
 }
 
@@ -168,6 +161,9 @@ fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOpt
         part: None,
         // Not used: the new shards take the dataset's own dictionary, if it has one.
         zstd_dictionary: crate::writer::DictionaryMode::Off,
+        allow_truncated: opts.allow_truncated,
+        allow_empty: opts.allow_empty,
+        max_file_bytes: DEFAULT_MAX_FILE_BYTES,
     })
 }
 
@@ -190,9 +186,17 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
             dataset.display()
         )));
     }
-    let _lock = lock_dir(dataset)?;
+    check_clear_of_inputs(dataset, &[Input::Source(src)])?;
+    let dir = Arc::new(lock_dataset(dataset)?);
     // Opening validates the dataset as it is: an append never builds on a damaged one.
     let opened = Dataset::open(dataset)?;
+    if !dir.is_at_path(dataset) {
+        return Err(Error::invalid(format!(
+            "{}: was replaced while vantix-pack opened it (by a writer that ignores the lock?); \
+             nothing was appended",
+            dataset.display()
+        )));
+    }
     let manifest = opened.manifest().clone();
     // New shards carry the dataset's own zstd dictionary (if it has one), so the whole dataset
     // keeps one dictionary and one format version.
@@ -213,26 +217,45 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
         )));
     }
     let pack_opts = settings_of(&manifest, opts, &mname)?;
-    remove_strays(dataset, &manifest);
+    remove_strays(&dir, &manifest);
     let mut sources = read_sources(
-        dataset,
+        &dir,
         manifest.num_samples,
         "append needs the list of packed files to tell new images from packed ones",
     )?;
 
-    let folder = scan(src)?;
+    let folder = scan_with(src, opts.allow_empty)?;
+    // Classes are matched by the file system's bytes: two names that differ only in bytes that
+    // are not UTF-8 are two classes.
+    let corrupt = |what: String| Error::corrupt(mname.as_str(), what);
+    let known_classes: Vec<Vec<u8>> = (0..manifest.classes.len())
+        .map(|i| match manifest.class_bytes.get(&(i as u32)) {
+            Some(h) => {
+                names::unhex(h).ok_or_else(|| corrupt(format!("class_bytes {i} is not hex: {h:?}")))
+            }
+            None => Ok(manifest.classes[i].as_bytes().to_vec()),
+        })
+        .collect::<Result<_>>()?;
     let mut classes = manifest.classes.clone();
+    let mut class_bytes = manifest.class_bytes.clone();
     let mut new_classes = Vec::new();
     let label_of: Vec<u32> = folder
-        .classes
+        .class_names
         .iter()
-        .map(|c| match classes.iter().position(|k| k == c) {
-            Some(i) => i as u32,
-            None => {
-                new_classes.push(c.clone());
-                (manifest.classes.len() + new_classes.len() - 1) as u32
-            }
-        })
+        .zip(&folder.classes)
+        .map(
+            |(raw, shown)| match known_classes.iter().position(|k| k == raw.as_bytes()) {
+                Some(i) => i as u32,
+                None => {
+                    let label = (manifest.classes.len() + new_classes.len()) as u32;
+                    if let Some(h) = names::hex_if_not_utf8(raw.as_bytes()) {
+                        class_bytes.insert(label, h);
+                    }
+                    new_classes.push(shown.clone());
+                    label
+                }
+            },
+        )
         .collect();
     if !new_classes.is_empty() {
         if !opts.new_classes {
@@ -249,15 +272,18 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
         }
         classes.extend(new_classes.iter().cloned());
     }
-    let known: HashSet<&str> = sources
-        .iter()
-        .map(String::as_str)
-        .chain(manifest.skipped.iter().map(|s| s.path.as_str()))
-        .collect();
+    let mut known: HashSet<Vec<u8>> = sources.iter().cloned().collect();
+    for s in &manifest.skipped {
+        known.insert(match &s.path_hex {
+            Some(h) => names::unhex(h)
+                .ok_or_else(|| corrupt(format!("skipped path_hex is not hex: {h:?}")))?,
+            None => s.path.as_bytes().to_vec(),
+        });
+    }
     let files: Vec<SourceFile> = folder
         .files
         .iter()
-        .filter(|f| !known.contains(f.rel.to_string_lossy().as_ref()))
+        .filter(|f| !known.contains(f.rel.as_os_str().as_bytes()))
         .map(|f| SourceFile {
             rel: f.rel.clone(),
             label: label_of[f.label as usize],
@@ -269,6 +295,7 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
             dataset,
             manifest.classes.clone(),
             0,
+            Vec::new(),
             Vec::new(),
             Vec::new(),
             start,
@@ -295,30 +322,39 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
         .unwrap_or(0)
         .max(manifest.shards.len());
     let mut guard = StrayGuard {
-        dir: dataset,
+        dir: &dir,
         old: &manifest,
         armed: true,
     };
-    let mut writer = ShardWriter::new(dataset, geometry, manifest.codec, opts.shard_size)
+    let mut writer = ShardWriter::new(Arc::clone(&dir), geometry, manifest.codec, opts.shard_size)
         .starting_at(next_shard, manifest.num_samples);
     if let Some(dictionary) = dictionary {
         writer = writer.with_trained_dictionary(dictionary)?;
     }
-    let (packed, skipped) = pack_files(&folder.root, &files, &pack_opts, &mut writer, &|| {
-        format!(
-            "appending to {} stopped; the dataset is unchanged",
-            dataset.display()
-        )
-    })?;
+    let packed = pack_files(
+        &folder.root,
+        &files,
+        &pack_opts,
+        &mut writer,
+        manifest.num_samples,
+        &|| {
+            format!(
+                "appending to {} stopped; the dataset is unchanged",
+                dataset.display()
+            )
+        },
+    )?;
     let (shards, version) = writer.finish_with_version()?;
 
-    let added = packed.len() as u64;
+    let added = packed.sources.len() as u64;
     let mut new = manifest.clone();
     new.version = new.version.max(version);
     new.classes = classes.clone();
+    new.class_bytes = class_bytes;
     new.num_samples += added;
     new.shards.extend(shards.iter().cloned());
-    new.skipped.extend(skipped.iter().cloned());
+    new.skipped.extend(packed.skipped.iter().cloned());
+    new.truncated.extend(packed.truncated.iter().copied());
     new.appends.push(AppendInfo {
         source: std::fs::canonicalize(src)
             .unwrap_or_else(|_| src.to_path_buf())
@@ -331,17 +367,21 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
         new_classes,
         vantix_version: env!("CARGO_PKG_VERSION").into(),
     });
-    sources.extend(packed);
-    replace_file(
-        dataset,
-        SOURCES_NAME,
-        serde_json::to_string(&sources).unwrap().as_bytes(),
-    )?;
+    sources.extend(packed.sources);
+    replace_file(&dir, SOURCES_NAME, &names::sources_json(&sources))?;
     // The commit point.
-    replace_file(dataset, MANIFEST_NAME, new.to_json().as_bytes())?;
+    replace_file(&dir, MANIFEST_NAME, new.to_json().as_bytes())?;
     guard.armed = false;
-    sync_dir(dataset)?;
-    Ok(report(dataset, classes, added, skipped, shards, start))
+    dir.sync()?;
+    Ok(report(
+        dataset,
+        classes,
+        added,
+        packed.skipped,
+        packed.truncated,
+        shards,
+        start,
+    ))
 }
 
 fn short_list(names: &[String]) -> String {

@@ -130,7 +130,8 @@ copied (the parts stay valid) and their checksums checked on the way; the output
         /// Output dataset directory, e.g. train.vtx.
         #[arg(short = 'o', long)]
         output: PathBuf,
-        /// Replace the output dataset if it exists.
+        /// Replace the output if it is a Vantix dataset (never one of the parts, nor anything
+        /// that is not a dataset).
         #[arg(long)]
         overwrite: bool,
         /// No progress bar and no summary.
@@ -167,6 +168,12 @@ index ImageFolder(SRC) would give them).",
         /// Fail on the first unreadable image instead of skipping and reporting it.
         #[arg(long)]
         strict: bool,
+        /// Pack truncated images (see the pack option of that name) instead of skipping them.
+        #[arg(long)]
+        allow_truncated: bool,
+        /// Accept class folders without images (see the pack option of that name).
+        #[arg(long)]
+        allow_empty: bool,
         /// No progress bar and no summary.
         #[arg(short, long)]
         quiet: bool,
@@ -218,9 +225,23 @@ struct PackArgs {
     /// Fail on the first unreadable image instead of skipping and reporting it.
     #[arg(long)]
     strict: bool,
-    /// Replace the output dataset if it exists.
+    /// Replace the output if it is a Vantix dataset (never the source tree, a folder that
+    /// holds it, or anything that is not a dataset).
     #[arg(long)]
     overwrite: bool,
+    /// Pack truncated images (data ending before the image does: a JPEG without its EOI, a
+    /// PNG cut inside a chunk) as the decoder fills them in, like Pillow's
+    /// LOAD_TRUNCATED_IMAGES, and list their records in the manifest ("truncated"). By default
+    /// they are skipped with the reason "truncated", as Pillow and torchvision refuse them.
+    #[arg(long)]
+    allow_truncated: bool,
+    /// Keep class folders without any image (with their index, no samples), as torchvision's
+    /// ImageFolder(root, allow_empty=True). By default an empty class is an error.
+    #[arg(long)]
+    allow_empty: bool,
+    /// Largest source file read, e.g. 1G: a larger file is skipped without being read.
+    #[arg(long, default_value = "1G", value_parser = parse_bytes)]
+    max_file_size: u64,
     /// Largest accepted source image, in pixels (guards against decompression bombs).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -336,13 +357,21 @@ impl PackArgs {
             interrupt: None,
             part: self.part,
             zstd_dictionary: DictionaryMode::parse(&self.zstd_dict).expect("validated by clap"),
+            allow_truncated: self.allow_truncated,
+            allow_empty: self.allow_empty,
+            max_file_bytes: self.max_file_size,
         }
     }
 }
 
 fn print_report(verb: &str, r: &PackReport) {
+    let truncated = if r.truncated.is_empty() {
+        String::new()
+    } else {
+        format!(", {} of them truncated", r.truncated.len())
+    };
     eprintln!(
-        "vantix-pack: {verb} {} images ({} classes, {} skipped) into {} in {:.1}s ({:.0} images/s), {} in {} shard(s)",
+        "vantix-pack: {verb} {} images ({} classes, {} skipped{truncated}) into {} in {:.1}s ({:.0} images/s), {} in {} shard(s)",
         r.num_samples,
         r.classes.len(),
         r.skipped.len(),
@@ -434,6 +463,8 @@ where
             shard_size,
             jobs,
             strict,
+            allow_truncated,
+            allow_empty,
             quiet,
         }) => {
             let opts = AppendOptions {
@@ -444,6 +475,8 @@ where
                 progress: !quiet && std::io::stderr().is_terminal(),
                 report_skipped: true,
                 interrupt: None,
+                allow_truncated,
+                allow_empty,
             };
             append(&src, &output, &opts).map(|r| {
                 if !quiet {

@@ -182,6 +182,200 @@ fn unpremultiply(rgba: &mut [u8]) {
     }
 }
 
+/// Memory a decoder may use besides the pixels of the image (headers, tables, metadata).
+pub const DECODE_SLACK_BYTES: u64 = 64 << 20;
+
+/// Largest decompressed ICC profile or compressed text chunk of a PNG: Pillow's
+/// `PngImagePlugin.MAX_TEXT_CHUNK` (1 MiB), past which Pillow refuses the file.
+pub const MAX_PNG_ANCILLARY_BYTES: usize = 1 << 20;
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// Where a PNG's data ends early: inside a chunk header, or inside a chunk of this type.
+enum PngCut {
+    Header,
+    Chunk([u8; 4]),
+}
+
+/// The chunks of a PNG (`(type, data)`) as far as they are complete, and where the data ended
+/// early, if it did (before IEND).
+type PngChunks<'a> = (Vec<([u8; 4], &'a [u8])>, Option<PngCut>);
+
+fn png_chunks(b: &[u8]) -> PngChunks<'_> {
+    let mut out = Vec::new();
+    let mut i = PNG_SIGNATURE.len();
+    while i < b.len() {
+        if i + 8 > b.len() {
+            return (out, Some(PngCut::Header));
+        }
+        let len = u32::from_be_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+        let kind: [u8; 4] = b[i + 4..i + 8].try_into().unwrap();
+        if len > b.len() - i - 8 || b.len() - i - 8 - len < 4 {
+            return (out, Some(PngCut::Chunk(kind)));
+        }
+        out.push((kind, &b[i + 8..i + 8 + len]));
+        if &kind == b"IEND" {
+            break;
+        }
+        i += 12 + len;
+    }
+    (out, None)
+}
+
+/// Why the encoded image `bytes` is truncated, if it is: the data ends before the image does.
+/// JPEG: the data ends before the EOI marker (inside the entropy-coded data or a segment);
+/// PNG: it ends inside an IDAT chunk or before the image data; WebP: the RIFF container is
+/// shorter than its header says. As Pillow, a PNG whose data ends after its last complete IDAT
+/// chunk (IEND cut or missing) is left to the decoder, which finds whether the image data is
+/// complete; other codecs' short data is found by their decoders ([`process`]).
+pub fn truncation(bytes: &[u8]) -> Option<String> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return jpeg_truncation(bytes);
+    }
+    if bytes.starts_with(PNG_SIGNATURE) {
+        let (chunks, cut) = png_chunks(bytes);
+        let has_idat = chunks.iter().any(|(k, _)| k == b"IDAT");
+        return match cut {
+            Some(PngCut::Chunk(kind)) if &kind == b"IDAT" => {
+                Some("the PNG data ends inside an IDAT chunk (the image data is short)".into())
+            }
+            Some(_) if !has_idat => {
+                Some("the PNG data ends before its image data (no complete IDAT chunk)".into())
+            }
+            None if !has_idat => Some("the PNG has no image data (no IDAT chunk)".into()),
+            _ => None,
+        };
+    }
+    if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        let size = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as u64 + 8;
+        if (bytes.len() as u64) < size {
+            return Some(format!(
+                "the WebP file is {} bytes, its RIFF header says {size}",
+                bytes.len()
+            ));
+        }
+    }
+    None
+}
+
+/// [`truncation`] for a JPEG: walk the marker segments and the entropy-coded data after each
+/// SOS to the EOI marker.
+fn jpeg_truncation(b: &[u8]) -> Option<String> {
+    let n = b.len();
+    let mut i = 2;
+    let mut scans = 0;
+    let ends = |scans: i32, where_: &str| {
+        Some(if scans == 0 {
+            format!("the JPEG data ends {where_}, before any image data")
+        } else {
+            format!(
+                "the JPEG data ends {where_}, before its EOI marker (premature end of the data)"
+            )
+        })
+    };
+    loop {
+        // The next marker (bytes between segments are skipped, as decoders do).
+        match b[i.min(n)..].iter().position(|&x| x == 0xFF) {
+            Some(k) => i += k,
+            None => return ends(scans, "after a segment"),
+        }
+        while i < n && b[i] == 0xFF {
+            i += 1;
+        }
+        if i >= n {
+            return ends(scans, "inside a marker");
+        }
+        let marker = b[i];
+        i += 1;
+        match marker {
+            0xD9 => return None,
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        if i + 2 > n {
+            return ends(scans, "inside a marker segment");
+        }
+        let len = u16::from_be_bytes([b[i], b[i + 1]]) as usize;
+        if len < 2 || i + len > n {
+            return ends(scans, "inside a marker segment");
+        }
+        i += len;
+        if marker != 0xDA {
+            continue;
+        }
+        scans += 1;
+        // Entropy-coded data: up to a marker other than a stuffed 0xFF00 or a restart.
+        loop {
+            match b[i..].iter().position(|&x| x == 0xFF) {
+                Some(k) => i += k,
+                None => return ends(scans, "inside the compressed image data"),
+            }
+            if i + 1 >= n {
+                return ends(scans, "inside the compressed image data");
+            }
+            match b[i + 1] {
+                0x00 | 0xD0..=0xD7 => i += 2,
+                0xFF => i += 1,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Refuse a PNG whose ICC profile or compressed text decompresses to more than
+/// [`MAX_PNG_ANCILLARY_BYTES`] (Pillow refuses those; decompressing them costs memory the
+/// image does not need). The decompression itself is bounded.
+fn check_png_ancillary(bytes: &[u8]) -> Result<(), String> {
+    if !bytes.starts_with(PNG_SIGNATURE) {
+        return Ok(());
+    }
+    for (kind, data) in png_chunks(bytes).0 {
+        // iCCP: name \0 method stream; zTXt: keyword \0 method stream; iTXt: keyword \0 flag
+        // method language \0 translated \0 text (compressed when flag is 1).
+        let stream = match &kind {
+            b"iCCP" | b"zTXt" => data
+                .iter()
+                .position(|&c| c == 0)
+                .and_then(|z| data.get(z + 2..)),
+            b"iTXt" => {
+                let z = data.iter().position(|&c| c == 0);
+                match z.and_then(|z| data.get(z + 1..)) {
+                    Some([1, _, rest @ ..]) => {
+                        let mut rest = rest;
+                        for _ in 0..2 {
+                            rest = rest
+                                .iter()
+                                .position(|&c| c == 0)
+                                .and_then(|z| rest.get(z + 1..))
+                                .unwrap_or(&[]);
+                        }
+                        Some(rest)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some(stream) = stream else { continue };
+        if let Err(fdeflate::BoundedDecompressionError::OutputTooLarge { .. }) =
+            fdeflate::decompress_to_vec_bounded(stream, MAX_PNG_ANCILLARY_BYTES)
+        {
+            return Err(format!(
+                "its {} chunk ({}) decompresses to more than {} bytes, Pillow's MAX_TEXT_CHUNK \
+                 limit (Pillow refuses it too; a decompression bomb?)",
+                String::from_utf8_lossy(&kind),
+                if &kind == b"iCCP" {
+                    "ICC profile"
+                } else {
+                    "text"
+                },
+                MAX_PNG_ANCILLARY_BYTES
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Pillow's `Image.MAX_IMAGE_PIXELS * 2`, the size at which Pillow refuses to open an image.
 pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
 
@@ -438,7 +632,8 @@ pub fn decode_with(
     if format.is_none() {
         return Err("not a recognised image format".into());
     }
-    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    check_png_ancillary(bytes)?;
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let (w, h) = decoder.dimensions();
     if w == 0 || h == 0 {
         return Err(format!("image has an empty size {w}x{h}"));
@@ -449,8 +644,11 @@ pub fn decode_with(
             w as u64 * h as u64
         ));
     }
+    // Bounded by what this image needs (up to 16 bytes a pixel: 16-bit RGBA, decoded and
+    // converted), not by the largest image allowed, so that an ancillary chunk (an ICC
+    // profile, compressed text) cannot make a small image cost gigabytes.
     let mut limits = Limits::default();
-    limits.max_alloc = Some((max_pixels * 16).max(512 << 20));
+    limits.max_alloc = Some(w as u64 * h as u64 * 16 + DECODE_SLACK_BYTES);
     decoder.set_limits(limits).map_err(|e| e.to_string())?;
     // Pillow's `exif_transpose` ignores an Orientation it cannot read: so does this.
     let orientation = if exif_orientation || format == Some(ImageFormat::Tiff) {
@@ -458,8 +656,28 @@ pub fn decode_with(
     } else {
         Orientation::NoTransforms
     };
-    let img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    let img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     Ok(orient(to_pixels(img, keep_alpha), orientation))
+}
+
+/// A decoder's error as a skip reason: one that comes from the data ending early (an
+/// `UnexpectedEof` anywhere in its chain) is reported as "truncated", as [`truncation`] does.
+fn decode_error(e: image::ImageError) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut eof = false;
+    while let Some(err) = source {
+        eof |= err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+        source = err.source();
+    }
+    let text = e.to_string();
+    eof |= text.contains("Unexpected End of File") || text.contains("failed to fill whole buffer");
+    if eof {
+        format!("truncated: the data ends before the image does ({text})")
+    } else {
+        text
+    }
 }
 
 /// 8-bit grey (alpha dropped) or RGB, as `convert("RGB")` sees it before replicating grey; with
@@ -677,6 +895,38 @@ pub fn process(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
             }
         };
         resize_pixels(to_channels(px, spec.channels), original, spec)
+    })
+}
+
+/// Decode a truncated JPEG as far as its data goes (`--allow-truncated`): `jpeg-decoder`
+/// fills the missing part as libjpeg does for Pillow's `LOAD_TRUNCATED_IMAGES`; then resize as
+/// [`process`] does. Grey and RGB JPEGs only.
+pub fn process_truncated_jpeg(bytes: &[u8], spec: &ResizeSpec) -> Result<Vec<u8>, String> {
+    isolate(|| {
+        let mut dec = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+        dec.read_info().map_err(|e| format!("JPEG: {e}"))?;
+        let info = dec.info().ok_or("JPEG: no frame header")?;
+        let (w, h) = (info.width as u32, info.height as u32);
+        if w == 0 || h == 0 || w as u64 * h as u64 > spec.max_pixels {
+            return Err(format!("JPEG: size {w}x{h} is empty or over --max-pixels"));
+        }
+        let channels = match info.pixel_format {
+            jpeg_decoder::PixelFormat::RGB24 => 3,
+            jpeg_decoder::PixelFormat::L8 => 1,
+            _ => return Err("JPEG: only grey and RGB truncated JPEGs are decoded".into()),
+        };
+        dec.set_max_decoding_buffer_size((spec.max_pixels as usize).saturating_mul(4));
+        let data = dec.decode().map_err(|e| format!("JPEG: {e}"))?;
+        if data.len() != w as usize * h as usize * channels {
+            return Err(format!("JPEG: decoded {} bytes for {w}x{h}", data.len()));
+        }
+        let px = Pixels {
+            data,
+            width: w,
+            height: h,
+            channels,
+        };
+        resize_pixels(to_channels(px, spec.channels), (w, h), spec)
     })
 }
 
@@ -940,6 +1190,60 @@ mod tests {
         );
         assert!(msg.contains("imaging.rs:"), "{msg}");
         assert_eq!(isolate(|| Ok(3)), Ok(3));
+    }
+
+    #[test]
+    fn truncated_jpeg_png_and_webp_are_found() {
+        let img = image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x * y) % 256) as u8])
+        });
+        for fmt in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP] {
+            let mut buf = Cursor::new(Vec::new());
+            img.write_to(&mut buf, fmt).unwrap();
+            let b = buf.into_inner();
+            assert_eq!(truncation(&b), None, "{fmt:?}");
+            let mut cuts = vec![b.len() * 6 / 10, 30];
+            if fmt != ImageFormat::Png {
+                cuts.push(b.len() - 1); // Pillow accepts a PNG whose IEND is cut
+            }
+            for cut in cuts {
+                let why = truncation(&b[..cut]);
+                assert!(why.is_some(), "{fmt:?} cut at {cut} of {}", b.len());
+            }
+            // Trailing bytes after the end are not a truncation.
+            let mut longer = b.clone();
+            longer.extend_from_slice(b"trailing");
+            assert_eq!(truncation(&longer), None, "{fmt:?}");
+        }
+    }
+
+    #[test]
+    fn a_png_with_an_iccp_bomb_is_refused_with_bounded_work() {
+        let mut png = Cursor::new(Vec::new());
+        image::RgbImage::new(4, 4)
+            .write_to(&mut png, ImageFormat::Png)
+            .unwrap();
+        let png = png.into_inner();
+        // 64 MiB of zeros, compressed small: over Pillow's 1 MiB MAX_TEXT_CHUNK.
+        let stream = {
+            let zeros = vec![0u8; 64 << 20];
+            let mut c = fdeflate::Compressor::new(Vec::new()).unwrap();
+            c.write_data(&zeros).unwrap();
+            c.finish().unwrap()
+        };
+        let mut data = b"icc\0\0".to_vec();
+        data.extend_from_slice(&stream);
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(b"iCCP");
+        chunk.extend_from_slice(&data);
+        let crc = crc32fast::hash(&chunk[4..]);
+        chunk.extend_from_slice(&crc.to_be_bytes());
+        let at = 8 + 25; // after the signature and IHDR
+        let bomb = [&png[..at], &chunk, &png[at..]].concat();
+        let e = decode(&bomb, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(e.contains("iCCP") && e.contains("MAX_TEXT_CHUNK"), "{e}");
+        assert_eq!(truncation(&bomb), None);
+        decode(&png, DEFAULT_MAX_PIXELS).unwrap();
     }
 
     #[test]

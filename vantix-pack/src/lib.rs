@@ -13,6 +13,8 @@ mod font;
 pub mod imaging;
 pub mod inspect;
 pub mod merge;
+pub mod names;
+pub mod outdir;
 pub mod pack;
 pub mod preview;
 pub mod walk;
@@ -21,8 +23,11 @@ pub mod writer;
 pub use append::{append, AppendOptions};
 pub use imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
 pub use merge::{merge, MergeOptions};
-pub use pack::{pack, part_range, Interrupt, PackOptions, PackReport, DEFAULT_SHARD_SIZE};
-pub use walk::{scan, ImageFolder, SourceFile, IMG_EXTENSIONS};
+pub use pack::{
+    pack, part_range, Interrupt, PackOptions, PackReport, DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_SHARD_SIZE,
+};
+pub use walk::{scan, scan_with, ImageFolder, SourceFile, IMG_EXTENSIONS};
 pub use writer::DictionaryMode;
 
 impl Default for PackOptions {
@@ -49,6 +54,9 @@ impl Default for PackOptions {
             interrupt: None,
             part: None,
             zstd_dictionary: writer::DictionaryMode::Auto,
+            allow_truncated: false,
+            allow_empty: false,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }

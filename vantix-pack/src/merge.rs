@@ -18,7 +18,9 @@ use vantix_read::format::{Manifest, PartInfo, ShardHeader, ShardInfo, HEADER_SIZ
 use vantix_read::{Dataset, Error, Result};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::pack::{explain_partial_error, progress_bar, read_sources, report, PackReport, Staging};
+use crate::names;
+use crate::outdir::{Dir, Input, Staging};
+use crate::pack::{explain_partial_error, progress_bar, read_sources, report, PackReport};
 use crate::writer::shard_name;
 
 /// What `merge` needs besides the parts and the output path.
@@ -46,7 +48,14 @@ fn pack_identity(m: &Manifest) -> serde_json::Map<String, serde_json::Value> {
     };
     // `version`: a part is written at the oldest version that describes it (a small part may
     // have too few records for a zstd dictionary); the merged dataset takes the newest.
-    for key in ["num_samples", "shards", "skipped", "part", "version"] {
+    for key in [
+        "num_samples",
+        "shards",
+        "skipped",
+        "part",
+        "version",
+        "truncated",
+    ] {
         v.remove(key);
     }
     if let Some(serde_json::Value::Object(p)) = v.get_mut("pack") {
@@ -163,7 +172,8 @@ fn check_parts(mut parts: Vec<Part>) -> Result<Vec<Part>> {
 fn copy_shard(
     src: &Path,
     info: &ShardInfo,
-    dst: &Path,
+    out_dir: &Dir,
+    out_name: &str,
     first_index: u64,
     bar: &indicatif::ProgressBar,
 ) -> Result<ShardInfo> {
@@ -177,8 +187,8 @@ fn copy_shard(
     src_hash.update(&head);
     header.first_index = first_index;
     let new_head = header.encode();
-    let mut out =
-        BufWriter::with_capacity(1 << 20, File::create(dst).map_err(|e| Error::io(dst, e))?);
+    let dst = &out_dir.show(out_name);
+    let mut out = BufWriter::with_capacity(1 << 20, out_dir.create(out_name)?);
     let mut dst_hash = Xxh3::new();
     dst_hash.update(&new_head);
     out.write_all(&new_head).map_err(|e| Error::io(dst, e))?;
@@ -211,11 +221,7 @@ fn copy_shard(
         .map_err(|e| Error::io(dst, e.into_error()))?;
     file.sync_all().map_err(|e| Error::io(dst, e))?;
     Ok(ShardInfo {
-        file: dst
-            .file_name()
-            .expect("shard path")
-            .to_string_lossy()
-            .into_owned(),
+        file: out_name.to_string(),
         num_records: info.num_records,
         size_bytes: copied,
         xxh3: format!("{:016x}", dst_hash.digest()),
@@ -258,7 +264,8 @@ fn merge_atomically(parts: &[PathBuf], dst: &Path, opts: &MergeOptions) -> Resul
         });
     }
     let parts = check_parts(opened)?;
-    let staging = Staging::begin(dst, opts.overwrite)?;
+    let inputs: Vec<Input<'_>> = parts.iter().map(|p| Input::Part(&p.path)).collect();
+    let staging = Staging::begin(dst, opts.overwrite, &inputs)?;
     let total_bytes = parts
         .iter()
         .flat_map(|p| &p.manifest.shards)
@@ -269,19 +276,23 @@ fn merge_atomically(parts: &[PathBuf], dst: &Path, opts: &MergeOptions) -> Resul
     let mut shards = Vec::new();
     let mut sources = Vec::new();
     let mut skipped = Vec::new();
+    let mut truncated = Vec::new();
     let mut num_samples = 0u64;
     for p in &parts {
+        let dir = Dir::open(&p.path).map_err(|e| Error::io(&p.path, e))?;
         sources.extend(read_sources(
-            &p.path,
+            &dir,
             p.manifest.num_samples,
             "merge joins the parts' lists of packed files",
         )?);
+        truncated.extend(p.manifest.truncated.iter().map(|i| i + num_samples));
         for info in &p.manifest.shards {
-            let out = staging.dir().join(shard_name(shards.len()));
+            let name = shard_name(shards.len());
             shards.push(copy_shard(
                 &p.path.join(&info.file),
                 info,
-                &out,
+                staging.dir(),
+                &name,
                 num_samples,
                 &bar,
             )?);
@@ -301,14 +312,16 @@ fn merge_atomically(parts: &[PathBuf], dst: &Path, opts: &MergeOptions) -> Resul
         shards: shards.clone(),
         skipped: skipped.clone(),
         part: None,
+        truncated: truncated.clone(),
         ..first.clone()
     };
-    staging.publish(&manifest, &sources, opts.overwrite)?;
+    staging.publish(&manifest, &names::sources_json(&sources), opts.overwrite)?;
     Ok(report(
         dst,
         first.classes.clone(),
         num_samples,
         skipped,
+        truncated,
         shards,
         start,
     ))

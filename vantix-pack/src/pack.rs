@@ -6,49 +6,59 @@
 //! The dataset is built in a hidden sibling directory and renamed into place at the end.
 
 use std::cell::RefCell;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use vantix_read::format::{
     Codec, Geometry, Manifest, PackSettings, PartInfo, ShardInfo, Skipped, MANIFEST_FORMAT,
-    MANIFEST_NAME,
 };
 use vantix_read::{Error, Result};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::imaging::{process, ResizeSpec};
-use crate::walk::{scan, SourceFile};
+use crate::imaging::{process, truncation, ResizeSpec};
+use crate::names;
+use crate::outdir::{Dir, Input, Staging};
+use crate::walk::{scan_with, SourceFile};
 use crate::writer::ShardWriter;
 
 /// Name of the informational list of source files, in record order.
 pub const SOURCES_NAME: &str = "sources.json";
 
-/// The first `num_samples` entries of a dataset's `sources.json` (entries past them belong to
-/// an append that did not commit). `why` says, in a read error, what needs the list.
-pub(crate) fn read_sources(dataset: &Path, num_samples: u64, why: &str) -> Result<Vec<String>> {
-    let path = dataset.join(SOURCES_NAME);
-    let bytes = std::fs::read(&path)
+/// The first `num_samples` entries of the `sources.json` in `dir` (entries past them belong
+/// to an append that did not commit), as path bytes. `why` says, in a read error, what needs
+/// the list.
+pub(crate) fn read_sources(dir: &Dir, num_samples: u64, why: &str) -> Result<Vec<Vec<u8>>> {
+    let path = dir.show(SOURCES_NAME);
+    let mut bytes = Vec::new();
+    dir.open_file(SOURCES_NAME)
+        .and_then(|mut f| f.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e)))
         .map_err(|e| Error::invalid(format!("{}: cannot read it ({e}); {why}", path.display())))?;
-    let mut sources: Vec<String> = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::corrupt(
-            path.display().to_string(),
-            format!("not a JSON list of file names: {e}"),
-        )
-    })?;
-    if (sources.len() as u64) < num_samples {
-        return Err(Error::corrupt(
-            path.display().to_string(),
-            format!(
-                "lists {} files but the dataset holds {num_samples} records",
-                sources.len()
-            ),
-        ));
+    let corrupt = |msg: String| Error::corrupt(path.display().to_string(), msg);
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(format!("not a JSON list of file names: {e}")))?;
+    if (entries.len() as u64) < num_samples {
+        return Err(corrupt(format!(
+            "lists {} files but the dataset holds {num_samples} records",
+            entries.len()
+        )));
     }
-    sources.truncate(num_samples as usize);
-    Ok(sources)
+    entries[..num_samples as usize]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            names::entry_bytes(v).ok_or_else(|| {
+                corrupt(format!(
+                    "entry {i} is neither a string nor {{\"hex\": ...}}: {v}"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Packing options (the CLI's flags and `vantix.pack`'s arguments).
@@ -77,7 +87,20 @@ pub struct PackOptions {
     pub part: Option<(u64, u64)>,
     /// When zstd records are compressed with a dictionary trained at pack time.
     pub zstd_dictionary: crate::writer::DictionaryMode,
+    /// Pack truncated images (decoded as far as they go, the rest filled in by the decoder, as
+    /// Pillow's `LOAD_TRUNCATED_IMAGES`) instead of skipping them with the reason "truncated";
+    /// the manifest lists their records (`truncated`).
+    pub allow_truncated: bool,
+    /// Keep class folders without any image (torchvision's `ImageFolder(allow_empty=True)`)
+    /// instead of refusing the tree.
+    pub allow_empty: bool,
+    /// Largest source file read, in bytes: a larger one is skipped without being read.
+    pub max_file_bytes: u64,
 }
+
+/// Default [`PackOptions::max_file_bytes`]: 1 GiB (a 16-bit RGB TIFF of 178 megapixels, the
+/// default `--max-pixels`, is ~1.07 GB uncompressed; compressed formats are far smaller).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// A check for "stop now", called from the packing thread between chunks of images.
 #[derive(Clone)]
@@ -98,43 +121,11 @@ pub struct PackReport {
     pub classes: Vec<String>,
     pub num_samples: u64,
     pub skipped: Vec<Skipped>,
+    /// Indices of records packed from truncated files (with `allow_truncated`).
+    pub truncated: Vec<u64>,
     pub shards: Vec<ShardInfo>,
     pub bytes_written: u64,
     pub seconds: f64,
-}
-
-/// Removes the temporary directory unless the pack completed.
-pub(crate) struct TempDir(pub(crate) Option<PathBuf>);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Remove `.NAME.partial-PID` (and `.NAME.old-PID`) siblings left by packers that were killed.
-pub(crate) fn remove_stale_partials(parent: &Path, name: &str) {
-    let prefixes = [format!(".{name}.partial-"), format!(".{name}.old-")];
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let fname = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = prefixes
-            .iter()
-            .find_map(|p| fname.strip_prefix(p.as_str()))
-            .and_then(|p| p.parse::<u32>().ok())
-        {
-            if !pid_alive(pid) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
 }
 
 /// Encode one record as `codec` stores it; with `compress` false (a dictionary compresses in
@@ -180,6 +171,65 @@ pub(crate) fn encode(
                 .map_err(|e| format!("zstd: {e}"))
         }),
     }
+}
+
+/// Read a source file for decoding: only a regular file (symlinks followed, as Pillow opens
+/// them), at most `max_bytes` of it. A FIFO, socket or device is refused without reading: a
+/// FIFO would block for ever, `/dev/zero` never ends. The check is made on the open file, so a
+/// file swapped for a FIFO after the walk is refused too (opening does not block: `O_NONBLOCK`).
+pub fn read_source(path: &Path, max_bytes: u64) -> std::result::Result<Vec<u8>, String> {
+    let kind = |t: std::fs::FileType| {
+        if t.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if t.is_socket() {
+            "a socket"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        }
+    };
+    let refuse = |t| {
+        format!(
+            "not a regular file: it is {}; only regular files are read",
+            kind(t)
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(refuse(meta.file_type()));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(refuse(meta.file_type()));
+    }
+    let too_big = |n: u64| {
+        format!(
+            "file is {n} bytes, over the limit of {max_bytes} (--max-file-size; raise it to \
+             read larger files)"
+        )
+    };
+    if meta.len() > max_bytes {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if the file grows while it is read.
+    f.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn source_list_hash(files: &[SourceFile]) -> String {
@@ -246,6 +296,11 @@ fn check_options(opts: &PackOptions) -> Result<()> {
     if opts.jobs == Some(0) {
         return Err(Error::invalid("jobs must be at least 1"));
     }
+    if opts.max_file_bytes == 0 {
+        return Err(Error::invalid(
+            "the largest file size to read must be at least 1 byte",
+        ));
+    }
     if let Some((index, count)) = opts.part {
         check_part(index, count)?;
     }
@@ -277,106 +332,6 @@ pub fn pack(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     pack_atomically(src, dst, opts).map_err(|e| explain_partial_error(e, dst))
 }
 
-/// A dataset directory being written: the hidden sibling `.NAME.partial-PID` of the output
-/// path, moved into place by [`Staging::publish`] and removed if dropped before that.
-pub(crate) struct Staging {
-    dst: PathBuf,
-    parent: PathBuf,
-    name: String,
-    tmp: TempDir,
-}
-
-impl Staging {
-    /// Check the output path (its folder exists; it does not, unless `overwrite`), remove
-    /// what killed writers left next to it, and create the temporary directory.
-    pub(crate) fn begin(dst: &Path, overwrite: bool) -> Result<Self> {
-        let name = dst
-            .file_name()
-            .ok_or_else(|| Error::invalid(format!("{}: not a valid output path", dst.display())))?
-            .to_string_lossy()
-            .into_owned();
-        let parent = match dst.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !parent.is_dir() {
-            return Err(Error::invalid(format!(
-                "{}: output folder does not exist",
-                parent.display()
-            )));
-        }
-        if dst.exists() && !overwrite {
-            return Err(Error::invalid(format!(
-                "{}: already exists (pass --overwrite / overwrite=True to replace it)",
-                dst.display()
-            )));
-        }
-        remove_stale_partials(&parent, &name);
-        let tmp_path = parent.join(format!(".{name}.partial-{}", std::process::id()));
-        if tmp_path.exists() {
-            std::fs::remove_dir_all(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
-        }
-        std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
-        Ok(Staging {
-            dst: dst.to_path_buf(),
-            parent,
-            name,
-            tmp: TempDir(Some(tmp_path)),
-        })
-    }
-
-    /// The temporary directory the dataset is written to.
-    pub(crate) fn dir(&self) -> &Path {
-        self.tmp.0.as_deref().expect("staging directory")
-    }
-
-    /// Write `sources.json` and `manifest.json` (each synced), then move the dataset into
-    /// place. With `overwrite` the new and the old dataset swap places in one atomic step
-    /// (renameat2 RENAME_EXCHANGE), so the output path always holds a complete dataset; where
-    /// the file system cannot exchange, the old one is moved aside first.
-    pub(crate) fn publish(
-        self,
-        manifest: &Manifest,
-        sources: &[String],
-        overwrite: bool,
-    ) -> Result<()> {
-        let Staging {
-            dst,
-            parent,
-            name,
-            mut tmp,
-        } = self;
-        let tmp_path = tmp.0.clone().expect("staging directory");
-        write_synced(
-            &tmp_path.join(SOURCES_NAME),
-            serde_json::to_string(sources).unwrap().as_bytes(),
-        )?;
-        write_synced(&tmp_path.join(MANIFEST_NAME), manifest.to_json().as_bytes())?;
-        sync_dir(&tmp_path)?;
-        if dst.exists() {
-            if !overwrite {
-                return Err(Error::invalid(format!(
-                    "{}: appeared while writing; not replaced",
-                    dst.display()
-                )));
-            }
-            if exchange(&tmp_path, &dst).is_err() {
-                let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-                std::fs::rename(&dst, &old).map_err(|e| Error::io(&dst, e))?;
-                std::fs::rename(&tmp_path, &dst).map_err(|e| Error::io(&dst, e))?;
-                let _ = std::fs::remove_dir_all(&old);
-                tmp.0 = None;
-            }
-            // After an exchange `tmp_path` holds the old dataset: the guard removes it.
-        } else {
-            std::fs::rename(&tmp_path, &dst).map_err(|e| Error::io(&dst, e))?;
-            tmp.0 = None;
-        }
-        drop(tmp);
-        sync_dir(&parent)
-    }
-}
-
 /// A progress bar over `len` items (hidden unless `show`).
 pub(crate) fn progress_bar(show: bool, len: u64, what: &str) -> ProgressBar {
     let bar = if show {
@@ -394,16 +349,80 @@ pub(crate) fn progress_bar(show: bool, len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// What [`pack_files`] packed: the relative paths of the packed files in record order, the
+/// skipped files, and the indices of records from truncated files (`allow_truncated`).
+pub(crate) struct Packed {
+    pub sources: Vec<Vec<u8>>,
+    pub skipped: Vec<Skipped>,
+    pub truncated: Vec<u64>,
+}
+
+/// A skipped file as the manifest lists it.
+pub(crate) fn skipped(rel: &Path, reason: String) -> Skipped {
+    let bytes = rel.as_os_str().as_bytes();
+    Skipped {
+        path: names::display(bytes),
+        reason,
+        path_hex: names::hex_if_not_utf8(bytes),
+    }
+}
+
+/// Read, check, decode, resize and encode one source file; `Ok((record, truncated))`.
+fn pack_one(
+    path: &Path,
+    opts: &PackOptions,
+    geometry: Geometry,
+    compress: bool,
+) -> std::result::Result<(Vec<u8>, bool), String> {
+    let bytes = read_source(path, opts.max_file_bytes)?;
+    let damage = truncation(&bytes);
+    if let Some(why) = &damage {
+        if !opts.allow_truncated {
+            return Err(format!(
+                "truncated: {why}; Pillow (and so torchvision) refuses it; --allow-truncated \
+                 (allow_truncated=True, Pillow's LOAD_TRUNCATED_IMAGES) packs what it holds"
+            ));
+        }
+    }
+    let record = match &damage {
+        None => process(&bytes, &opts.spec)?,
+        Some(why) => {
+            // As libjpeg does for Pillow's LOAD_TRUNCATED_IMAGES: end the data with an EOI
+            // marker, so the decoder fills in the missing part instead of failing.
+            let mut ended = bytes;
+            if ended.starts_with(&[0xFF, 0xD8]) {
+                ended.extend_from_slice(&[0xFF, 0xD9]);
+            }
+            process(&ended, &opts.spec)
+                .or_else(|e| {
+                    if ended.starts_with(&[0xFF, 0xD8]) {
+                        crate::imaging::process_truncated_jpeg(&ended, &opts.spec)
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| {
+                    format!("truncated: {why}; the decoder cannot decode what it holds ({e})")
+                })?
+        }
+    };
+    Ok((
+        encode(record, opts.codec, geometry, compress)?,
+        damage.is_some(),
+    ))
+}
+
 /// Decode, resize and encode `files` (relative to `root`) in parallel chunks with `opts`' spec
-/// and codec, and write them in order with `writer`. Returns the relative paths of the packed
-/// files, in record order, and the skipped ones. `stopped` words the interrupt error.
+/// and codec, and write them in order with `writer`; the first record written has the index
+/// `first_index`. `stopped` words the interrupt error.
 pub(crate) fn pack_files(
     root: &Path,
     files: &[SourceFile],
     opts: &PackOptions,
     writer: &mut ShardWriter,
+    first_index: u64,
     stopped: &dyn Fn() -> String,
-) -> Result<(Vec<String>, Vec<Skipped>)> {
+) -> Result<Packed> {
     let spec = opts.spec;
     let geometry = Geometry {
         width: spec.width,
@@ -423,8 +442,11 @@ pub(crate) fn pack_files(
 
     // With a dictionary the writer compresses: records are only filtered here.
     let dictionary = writer.compresses();
-    let mut skipped = Vec::new();
-    let mut packed_sources = Vec::with_capacity(files.len());
+    let mut out = Packed {
+        sources: Vec::with_capacity(files.len()),
+        skipped: Vec::new(),
+        truncated: Vec::new(),
+    };
     let chunk = 64 * threads;
     for files in files.chunks(chunk) {
         if opts.interrupt.as_ref().is_some_and(|stop| (stop.0)()) {
@@ -433,18 +455,17 @@ pub(crate) fn pack_files(
         let results: Vec<_> = pool.install(|| {
             files
                 .par_iter()
-                .map(|f| {
-                    let path = root.join(&f.rel);
-                    let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-                    encode(process(&bytes, &spec)?, opts.codec, geometry, !dictionary)
-                })
+                .map(|f| pack_one(&root.join(&f.rel), opts, geometry, !dictionary))
                 .collect()
         });
         for (f, res) in files.iter().zip(results) {
             match res {
-                Ok(stored) => {
+                Ok((stored, truncated)) => {
+                    if truncated {
+                        out.truncated.push(first_index + out.sources.len() as u64);
+                    }
                     writer.push(&stored, f.label)?;
-                    packed_sources.push(f.rel.to_string_lossy().into_owned());
+                    out.sources.push(f.rel.as_os_str().as_bytes().to_vec());
                 }
                 Err(reason) => {
                     let path = root.join(&f.rel).display().to_string();
@@ -454,17 +475,14 @@ pub(crate) fn pack_files(
                     if opts.report_skipped {
                         bar.suspend(|| eprintln!("vantix-pack: skipped {path}: {reason}"));
                     }
-                    skipped.push(Skipped {
-                        path: f.rel.to_string_lossy().into_owned(),
-                        reason,
-                    });
+                    out.skipped.push(skipped(&f.rel, reason));
                 }
             }
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
-    Ok((packed_sources, skipped))
+    Ok(out)
 }
 
 /// The `pack` block of a manifest for a dataset made from `root` with `opts`.
@@ -490,9 +508,8 @@ pub(crate) fn pack_settings(root: &Path, opts: &PackOptions, files: &[SourceFile
 fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     let start = Instant::now();
     check_options(opts)?;
-    let staging = Staging::begin(dst, opts.overwrite)?;
-    let folder = scan(src)?;
-    let tmp_path = staging.dir().to_path_buf();
+    let staging = Staging::begin(dst, opts.overwrite, &[Input::Source(src)])?;
+    let folder = scan_with(src, opts.allow_empty)?;
 
     let spec = opts.spec;
     let geometry = Geometry {
@@ -507,14 +524,19 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
         None => (0, folder.files.len() as u64),
     };
     let files = &folder.files[first as usize..end as usize];
-    let mut writer = ShardWriter::new(&tmp_path, geometry, opts.codec, opts.shard_size);
+    let mut writer = ShardWriter::new(
+        Arc::clone(staging.dir()),
+        geometry,
+        opts.codec,
+        opts.shard_size,
+    );
     if opts
         .zstd_dictionary
         .applies(opts.codec, geometry.record_bytes())
     {
         writer = writer.with_dictionary()?;
     }
-    let (packed_sources, skipped) = pack_files(&folder.root, files, opts, &mut writer, &|| {
+    let packed = pack_files(&folder.root, files, opts, &mut writer, 0, &|| {
         format!(
             "packing {} stopped; nothing was written there",
             dst.display()
@@ -522,7 +544,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     })?;
     let (shards, version) = writer.finish_with_version()?;
 
-    let num_samples = packed_sources.len() as u64;
+    let num_samples = packed.sources.len() as u64;
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         version,
@@ -535,7 +557,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
         num_samples,
         shards: shards.clone(),
         pack: pack_settings(src, opts, &folder.files),
-        skipped: skipped.clone(),
+        skipped: packed.skipped.clone(),
         part: opts.part.map(|(index, count)| PartInfo {
             index,
             count,
@@ -543,13 +565,20 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
             num_sources: end - first,
         }),
         appends: Vec::new(),
+        truncated: packed.truncated.clone(),
+        class_bytes: folder.class_bytes(),
     };
-    staging.publish(&manifest, &packed_sources, opts.overwrite)?;
+    staging.publish(
+        &manifest,
+        &names::sources_json(&packed.sources),
+        opts.overwrite,
+    )?;
     Ok(report(
         dst,
         folder.classes,
         num_samples,
-        skipped,
+        packed.skipped,
+        packed.truncated,
         shards,
         start,
     ))
@@ -560,6 +589,7 @@ pub(crate) fn report(
     classes: Vec<String>,
     num_samples: u64,
     skipped: Vec<Skipped>,
+    truncated: Vec<u64>,
     shards: Vec<ShardInfo>,
     start: Instant,
 ) -> PackReport {
@@ -568,46 +598,9 @@ pub(crate) fn report(
         classes,
         num_samples,
         skipped,
+        truncated,
         bytes_written: shards.iter().map(|s| s.size_bytes).sum(),
         shards,
         seconds: start.elapsed().as_secs_f64(),
     }
-}
-
-/// Swap the directory entries `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`).
-fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
-    use std::ffi::CString;
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-    };
-    let (a, b) = (c(a)?, c(b)?);
-    // SAFETY: two valid NUL-terminated paths, relative to the current directory.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
-}
-
-pub(crate) fn sync_dir(path: &Path) -> Result<()> {
-    std::fs::File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(path, e))
 }

@@ -6,7 +6,11 @@
 //! - the samples of a class are found with `sorted(os.walk(class_dir, followlinks=True))`, then
 //!   `sorted(fnames)` in each directory, keeping names whose lower-cased form ends with one of
 //!   [`IMG_EXTENSIONS`];
-//! - a class without any such file is an error.
+//! - a class without any such file is an error, unless `allow_empty` (torchvision's
+//!   `ImageFolder(root, allow_empty=True)`), which keeps it, with its index and no samples.
+//!
+//! Names are the file system's bytes ([`ImageFolder::class_names`], [`SourceFile::rel`]);
+//! [`ImageFolder::classes`] is their readable form (see [`crate::names`]).
 //!
 //! Python sorts `str` by code point, which for UTF-8 is byte order, so sorting by bytes matches.
 
@@ -33,8 +37,27 @@ pub struct SourceFile {
 #[derive(Clone, Debug)]
 pub struct ImageFolder {
     pub root: PathBuf,
+    /// Class names in label order, readable form ([`crate::names::display`]).
     pub classes: Vec<String>,
+    /// Class folder names in label order, exactly as the file system has them.
+    pub class_names: Vec<OsString>,
     pub files: Vec<SourceFile>,
+}
+
+impl ImageFolder {
+    /// The manifest's `class_bytes`: the exact bytes of the class names that are not UTF-8.
+    pub fn class_bytes(&self) -> std::collections::BTreeMap<u32, String> {
+        class_bytes(&self.class_names)
+    }
+}
+
+/// The manifest's `class_bytes` for `names`.
+pub fn class_bytes(names: &[OsString]) -> std::collections::BTreeMap<u32, String> {
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((i as u32, crate::names::hex_if_not_utf8(n.as_bytes())?)))
+        .collect()
 }
 
 pub fn has_image_extension(name: &[u8]) -> bool {
@@ -95,8 +118,14 @@ fn walk_into(
     Ok(())
 }
 
-/// Scan an ImageFolder root.
+/// Scan an ImageFolder root (a class without images is an error, as torchvision's default).
 pub fn scan(root: &Path) -> Result<ImageFolder> {
+    scan_with(root, false)
+}
+
+/// Scan an ImageFolder root; with `allow_empty`, classes without images are kept (with their
+/// index), as torchvision's `ImageFolder(root, allow_empty=True)`.
+pub fn scan_with(root: &Path, allow_empty: bool) -> Result<ImageFolder> {
     if !root.is_dir() {
         return Err(Error::invalid(format!(
             "{}: not a directory (expected an ImageFolder: one sub-folder per class)",
@@ -132,12 +161,14 @@ pub fn scan(root: &Path) -> Result<ImageFolder> {
             }
         }
         if files.len() == before {
-            empty.push(class.to_string_lossy().into_owned());
+            empty.push(crate::names::display(class.as_bytes()));
         }
     }
-    if !empty.is_empty() {
+    if !empty.is_empty() && !allow_empty {
         return Err(Error::invalid(format!(
-            "{}: found no valid file for the classes {} (supported extensions: {})",
+            "{}: found no valid file for the classes {} (supported extensions: {}); pass \
+             --allow-empty (allow_empty=True, as torchvision's ImageFolder(root, \
+             allow_empty=True)) to keep empty classes, with their index and no images",
             root.display(),
             empty.join(", "),
             IMG_EXTENSIONS.join(", ")
@@ -147,8 +178,9 @@ pub fn scan(root: &Path) -> Result<ImageFolder> {
         root: root.to_path_buf(),
         classes: classes
             .iter()
-            .map(|c| c.to_string_lossy().into_owned())
+            .map(|c| crate::names::display(c.as_bytes()))
             .collect(),
+        class_names: classes,
         files,
     })
 }
@@ -201,5 +233,37 @@ mod tests {
                 ("c/.h.png", 2)
             ]
         );
+    }
+
+    #[test]
+    fn empty_classes_are_an_error_that_names_them_unless_allowed() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for p in ["a/1.png", "c/2.png", "b/notes.txt"] {
+            let p = r.join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        }
+        std::fs::create_dir(r.join("d")).unwrap();
+        let e = scan(r).unwrap_err().to_string();
+        assert!(e.contains("b, d") && e.contains("--allow-empty"), "{e}");
+        let f = scan_with(r, true).unwrap();
+        assert_eq!(f.classes, ["a", "b", "c", "d"]);
+        let labels: Vec<u32> = f.files.iter().map(|s| s.label).collect();
+        assert_eq!(labels, [0, 2]);
+    }
+
+    #[test]
+    fn class_names_are_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        for class in [&b"r\xe9d"[..], b"r\xe8d"] {
+            let d = t.path().join(std::ffi::OsStr::from_bytes(class));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("x.png"), b"x").unwrap();
+        }
+        let f = scan(t.path()).unwrap();
+        assert_eq!(f.classes, ["r\\xe8d", "r\\xe9d"]);
+        assert_eq!(f.class_bytes().get(&1).map(String::as_str), Some("72e964"));
     }
 }

@@ -11,10 +11,13 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use vantix_read::format::{Codec, Geometry, ShardHeader, ShardInfo, DICTIONARY_VERSION};
 use vantix_read::{Error, Result};
 use xxhash_rust::xxh3::Xxh3;
+
+use crate::outdir::Dir;
 
 /// File name of shard `k`.
 pub fn shard_name(k: usize) -> String {
@@ -22,7 +25,8 @@ pub fn shard_name(k: usize) -> String {
 }
 
 pub struct ShardWriter {
-    dir: PathBuf,
+    /// Where shards are written, through its descriptor.
+    dir: Arc<Dir>,
     geometry: Geometry,
     codec: Codec,
     shard_size: u64,
@@ -101,6 +105,7 @@ struct DictState {
 }
 
 struct OpenShard {
+    scratch_name: String,
     scratch_path: PathBuf,
     scratch: BufWriter<File>,
     first_index: u64,
@@ -116,9 +121,9 @@ fn write_all(w: &mut impl Write, bytes: &[u8], path: &Path) -> Result<()> {
 
 impl ShardWriter {
     /// `shard_size`: target bytes of data per shard (a shard holds at least one record).
-    pub fn new(dir: &Path, geometry: Geometry, codec: Codec, shard_size: u64) -> Self {
+    pub fn new(dir: Arc<Dir>, geometry: Geometry, codec: Codec, shard_size: u64) -> Self {
         ShardWriter {
-            dir: dir.to_path_buf(),
+            dir,
             geometry,
             codec,
             shard_size: shard_size.max(1),
@@ -257,13 +262,12 @@ impl ShardWriter {
             self.finish_shard()?;
         }
         if self.current.is_none() {
-            let scratch_path = self.dir.join(format!(
-                "{}.data",
-                shard_name(self.first_shard + self.shards.len())
-            ));
-            let f = File::create(&scratch_path).map_err(|e| Error::io(&scratch_path, e))?;
+            let scratch_name = format!("{}.data", shard_name(self.first_shard + self.shards.len()));
+            let scratch_path = self.dir.show(&scratch_name);
+            let f = self.dir.create(&scratch_name)?;
             self.current = Some(OpenShard {
                 scratch: BufWriter::with_capacity(1 << 20, f),
+                scratch_name,
                 scratch_path,
                 first_index: self.next_index,
                 data_len: 0,
@@ -295,6 +299,7 @@ impl ShardWriter {
             return Ok(());
         };
         let OpenShard {
+            scratch_name,
             scratch_path,
             scratch,
             first_index,
@@ -318,8 +323,8 @@ impl ShardWriter {
             dictionary.as_deref(),
         );
         let name = shard_name(self.first_shard + self.shards.len());
-        let path = self.dir.join(&name);
-        let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let path = self.dir.show(&name);
+        let file = self.dir.create(&name)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
         let mut hash = Xxh3::new();
         let mut emit = |bytes: &[u8], out: &mut BufWriter<File>| -> Result<()> {
@@ -344,7 +349,7 @@ impl ShardWriter {
         }
         tables.resize(header.data_offset as usize, 0);
         emit(&tables, &mut out)?;
-        let mut src = File::open(&scratch_path).map_err(|e| Error::io(&scratch_path, e))?;
+        let mut src = self.dir.open_file(&scratch_name)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let k = src
@@ -359,7 +364,9 @@ impl ShardWriter {
             .into_inner()
             .map_err(|e| Error::io(&path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&path, e))?;
-        std::fs::remove_file(&scratch_path).map_err(|e| Error::io(&scratch_path, e))?;
+        self.dir
+            .remove_file(std::ffi::OsStr::new(&scratch_name))
+            .map_err(|e| Error::io(&scratch_path, e))?;
         self.shards.push(ShardInfo {
             file: name,
             num_records: n,

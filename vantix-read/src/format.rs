@@ -191,8 +191,13 @@ pub struct ShardInfo {
 /// A source file that could not be packed, with the reason.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Skipped {
+    /// The path relative to the source root (readable form when it is not UTF-8: each byte
+    /// outside valid UTF-8 as `\xNN`).
     pub path: String,
     pub reason: String,
+    /// The path's exact bytes in lower-case hex, only when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
 }
 
 /// How the dataset was made (informational; a reader does not depend on it).
@@ -279,6 +284,14 @@ pub struct Manifest {
     /// The `vantix-pack append` runs that added records, oldest first (absent when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub appends: Vec<AppendInfo>,
+    /// Indices of the records decoded from truncated files, packed only on request
+    /// (`--allow-truncated`); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<u64>,
+    /// The exact bytes (lower-case hex) of the class names that are not UTF-8, by class index;
+    /// `classes` holds their readable form. Absent when every name is UTF-8.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub class_bytes: std::collections::BTreeMap<u32, String>,
 }
 
 impl Manifest {

@@ -152,6 +152,8 @@ fn build_tiny(codec: Codec, dictionary: Option<&[u8]>) -> TinyDataset {
         skipped: Vec::new(),
         part: None,
         appends: Vec::new(),
+        truncated: Vec::new(),
+        class_bytes: Default::default(),
     };
     files.insert(0, (MANIFEST_NAME.into(), manifest.to_json().into_bytes()));
     TinyDataset {
