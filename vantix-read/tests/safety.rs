@@ -274,7 +274,7 @@ fn output_sizes_are_bounded_with_an_error_naming_the_option() {
         ..Transform::default()
     };
     let p = rrc.prepare(224, 224, 3).unwrap();
-    let e = p.check_batch_memory(256, 5).err().expect("12 GiB batches");
+    let e = p.check_batch_memory(256, 5).expect_err("12 GiB batches");
     println!("{e}");
     assert!(
         e.to_string().contains("random_resized_crop=(4096, 4096)")
