@@ -90,8 +90,7 @@ fn verify_decompresses_every_zstd_frame_to_the_record_size() {
     let ds = Dataset::open(dir.path()).expect("opens: the frames are large enough");
     let e = ds
         .verify()
-        .err()
-        .expect("verify passed frames of the wrong size");
+        .expect_err("verify passed frames of the wrong size");
     println!("{e}");
     assert!(matches!(e, Error::Checksum { .. }), "{e}");
     assert!(e.to_string().contains("decompresses to 60 bytes"), "{e}");
