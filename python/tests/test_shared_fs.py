@@ -145,8 +145,9 @@ def test_many_processes_read_a_read_only_dataset_without_writing(shared):
         assert r["n"] == 30 and not r["could_write"]
         if uid is not None:
             assert r["uid"] == uid
-        # Every shard is held open, read-only, and mapped without write permission.
-        assert set(r["fds"]) == shards, r["fds"]
+        # Every shard is mapped without write permission; no shard descriptor stays open (it
+        # is closed once the mapping exists, issue 14), and any held would be read-only.
+        assert not set(r["fds"]) & shards, r["fds"]
         assert all(flags & os.O_ACCMODE == os.O_RDONLY for flags in r["fds"].values())
         assert r["maps"] and all("w" not in perms for perms in r["maps"]), r["maps"]
 

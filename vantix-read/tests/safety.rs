@@ -90,8 +90,7 @@ fn verify_decompresses_every_zstd_frame_to_the_record_size() {
     let ds = Dataset::open(dir.path()).expect("opens: the frames are large enough");
     let e = ds
         .verify()
-        .err()
-        .expect("verify passed frames of the wrong size");
+        .expect_err("verify passed frames of the wrong size");
     println!("{e}");
     assert!(matches!(e, Error::Checksum { .. }), "{e}");
     assert!(e.to_string().contains("decompresses to 60 bytes"), "{e}");
@@ -274,7 +273,7 @@ fn output_sizes_are_bounded_with_an_error_naming_the_option() {
         ..Transform::default()
     };
     let p = rrc.prepare(224, 224, 3).unwrap();
-    let e = p.check_batch_memory(256, 5).err().expect("12 GiB batches");
+    let e = p.check_batch_memory(256, 5).expect_err("12 GiB batches");
     println!("{e}");
     assert!(
         e.to_string().contains("random_resized_crop=(4096, 4096)")
