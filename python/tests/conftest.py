@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,18 @@ def run_cli(*args: object, check: bool = True) -> subprocess.CompletedProcess[st
     if check and proc.returncode != 0:
         raise AssertionError(f"vantix-pack failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def thread_names() -> list[str]:
+    """The names of this process's threads (`/proc/self/task/*/comm`)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return names
 
 
 def write_image_folder(

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import thread_names, write_image_folder
 
 import vantix
 from vantix import VantixError, VantixLoader
@@ -318,14 +318,7 @@ def test_dataloader_fork_workers_over_an_iterable_wrapping_a_loader(packed):
 
 
 def _assembly_threads() -> int:
-    n = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                n += f.read().startswith("vantix-assemble")
-        except OSError:
-            pass
-    return n
+    return sum(n.startswith("vantix-assemble") for n in thread_names())
 
 
 def test_default_threads_divide_the_cores_by_the_ranks_on_the_node(packed, clean_env):
@@ -390,18 +383,7 @@ def _try(f):
 
 
 def _prefetch_threads() -> int:
-    return sum(t.startswith("vantix-prefetch") for t in _thread_names())
-
-
-def _thread_names() -> list[str]:
-    names = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.append(f.read().strip())
-        except OSError:
-            pass
-    return names
+    return sum(t.startswith("vantix-prefetch") for t in thread_names())
 
 
 def test_two_threads_sharing_one_iterator_are_served_in_turn(packed, clean_env):

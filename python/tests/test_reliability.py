@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import write_image_folder
+from conftest import thread_names, write_image_folder
 from PIL import Image
 from torchvision.transforms import functional as TF
 
@@ -526,14 +526,7 @@ def test_a_thousand_abandoned_loaders_leak_no_threads_fds_or_memory(small):
 
 
 def _prefetch_threads() -> int:
-    names = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.append(f.read().strip())
-        except FileNotFoundError:
-            pass
-    return names.count("vantix-prefetch")
+    return thread_names().count("vantix-prefetch")
 
 
 def test_an_exception_in_the_loop_stops_the_prefetch_thread_and_keeps_the_loader(small):

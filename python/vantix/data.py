@@ -99,14 +99,7 @@ class VantixDataset:
             IndexError: ``index`` is out of range.
         """
         n = len(self._native)
-        if isinstance(index, (bool, np.bool_)):
-            raise _ArgumentTypeError(f"dataset indices must be integers, got {index!r}")
-        try:
-            i = operator.index(index)
-        except TypeError:
-            raise _ArgumentTypeError(
-                f"dataset indices must be integers, got {type(index).__name__} {index!r}"
-            ) from None
+        i = _integer(index, "dataset indices must be integers")
         if i < 0:
             i += n
         if not 0 <= i < n:
@@ -229,17 +222,21 @@ class _ArgumentTypeError(_native.VantixError, TypeError):
 _INDEX_MAX = 2**63 - 1
 
 
-def _index_arg(name: str, value: Any, low: int, high: int = _INDEX_MAX) -> int:
-    """``value`` as an int in ``[low, high]``: anything ``operator.index`` accepts (``int``,
-    numpy integers), but not ``bool`` or a float (which would be truncated)."""
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int: anything ``operator.index`` accepts (``int``, numpy integers), but
+    not ``bool`` or a float (which would be truncated); else ``_ArgumentTypeError("<what>, got
+    ...")``."""
     if isinstance(value, (bool, np.bool_)):
-        raise _ArgumentTypeError(f"{name} must be an int >= {low}, got {value!r}")
+        raise _ArgumentTypeError(f"{what}, got {value!r}")
     try:
-        v = operator.index(value)
+        return operator.index(value)
     except TypeError:
-        raise _ArgumentTypeError(
-            f"{name} must be an int >= {low}, got {type(value).__name__} {value!r}"
-        ) from None
+        raise _ArgumentTypeError(f"{what}, got {type(value).__name__} {value!r}") from None
+
+
+def _index_arg(name: str, value: Any, low: int, high: int = _INDEX_MAX) -> int:
+    """``value`` as an int in ``[low, high]`` (see :func:`_integer`)."""
+    v = _integer(value, f"{name} must be an int >= {low}")
     if not low <= v <= high:
         raise _ArgumentValueError(f"{name} must be an int in [{low}, {high}], got {v}")
     return v
