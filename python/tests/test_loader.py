@@ -242,6 +242,10 @@ def test_break_stops_prefetch_thread_promptly(path):
         next(it)
     for _ in loader:  # a break: dropping the iterator stops its thread the same way
         break
+    # Joined, but the kernel may list an exited thread in /proc/self/task a moment longer.
+    deadline = time.monotonic() + 1.0
+    while _prefetch_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert _prefetch_threads() == 0
 
 

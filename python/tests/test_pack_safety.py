@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import shutil
 import struct
 import subprocess
@@ -239,7 +238,15 @@ def _iccp_bomb(path: Path, inflated: int = 1 << 30) -> None:
 
 
 def _run_measured(args: list[str], timeout: int = TIMEOUT):
-    """Run ``args``; returns (exit status, stderr, peak RSS in MiB) from wait4."""
+    """Run ``args``; returns (exit status, stderr, peak RSS in MiB of that command alone)."""
+    # A fresh wrapper process runs the command, so its RUSAGE_CHILDREN holds only this
+    # command's peak RSS (this test process's own counts every child the suite ever ran).
+    wrapper = (
+        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+        "print('RSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+        "file=sys.stderr); sys.exit(rc)"
+    )
+    args = [sys.executable, "-c", wrapper, *args]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -249,10 +256,10 @@ def _run_measured(args: list[str], timeout: int = TIMEOUT):
         raise AssertionError(
             f"{args} still running after {timeout} s (hung on an input?)"
         ) from None
-    # The child was reaped by communicate(): its usage is in RUSAGE_CHILDREN (the maximum
-    # over the children so far, which are small in this test process).
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return proc.returncode, err, rss
+    lines = err.splitlines()
+    assert lines and lines[-1].startswith("RSS_KIB "), err
+    rss = int(lines[-1].split()[1]) / 1024
+    return proc.returncode, "\n".join(lines[:-1]), rss
 
 
 def test_fifo_dev_zero_and_iccp_bomb_are_skipped_promptly_with_bounded_memory(tmp_path):
