@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import thread_names
 from PIL import Image
 
 import vantix
@@ -219,14 +220,7 @@ def test_abandoning_loaders_stops_threads_and_leaks_nothing(path):
 
 
 def _prefetch_threads():
-    names = []
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                names.append(f.read().strip())
-        except FileNotFoundError:  # the thread just exited
-            pass
-    return names.count("vantix-prefetch")
+    return thread_names().count("vantix-prefetch")
 
 
 def test_break_stops_prefetch_thread_promptly(path):
