@@ -168,7 +168,10 @@ _SHARD_HEADER = struct.Struct("<8sIIIIIIQQQQQQQQ")  # docs/FORMAT.md 3.1, bytes 
 
 def map_raw_records(path: str) -> tuple[list[np.ndarray], np.ndarray]:
     """Memory-map the records of a raw pack: per shard an ``[n, H, W, C]`` uint8 view, and
-    the global index of every shard's first record."""
+    the global index of every shard's first record.
+
+    The one place a benchmark reads the manifest and shard headers itself, as docs/FORMAT.md
+    specifies them: the yardstick must not use the reader it measures."""
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     if manifest["codec"]["name"] != "raw":
         raise ValueError(f"{path} is not a raw pack")

@@ -351,12 +351,10 @@ def prepare(profile: str, num_images: int, pack_size: int, args: argparse.Namesp
 def check_same_samples(image_folder: Any, packed: vantix.VantixDataset) -> None:
     """Raise unless the pack holds ImageFolder's samples: same classes, count and labels in
     order (the packer keeps ImageFolder's file order), and no skipped file."""
-    import json
-
-    manifest = json.loads((Path(packed.path) / "manifest.json").read_text())
+    skipped = vantix.inspect(packed.path)["skipped"]
     problems = []
-    if manifest.get("skipped"):
-        problems.append(f"{len(manifest['skipped'])} source files were skipped at packing")
+    if skipped:
+        problems.append(f"{skipped} source files were skipped at packing")
     if list(image_folder.classes) != packed.classes:
         problems.append("the classes differ")
     if len(image_folder) != len(packed) or list(image_folder.targets) != packed.targets:

@@ -47,16 +47,18 @@ def rel(path: Path) -> str:
 
 def pack_matches(dst: Path, src: Path, num_images: int, size: int, codec: str) -> bool:
     """Whether ``dst`` is a pack of ``src`` with this size and codec, newer than the source."""
+    import vantix
+
     try:
-        manifest = json.loads((dst / "manifest.json").read_text())
-    except (OSError, ValueError):
+        summary = vantix.inspect(dst)
+    except (OSError, vantix.VantixError):
         return False
     return (
-        manifest.get("num_samples") == num_images
-        and manifest.get("width") == size
-        and manifest.get("height") == size
-        and manifest.get("codec", {}).get("name") == codec
-        and Path(manifest.get("pack", {}).get("source", "")).resolve() == src.resolve()
+        summary["num_samples"] == num_images
+        and summary["width"] == size
+        and summary["height"] == size
+        and summary["codec"] == codec
+        and Path(summary["source"]).resolve() == src.resolve()
         and (dst / "manifest.json").stat().st_mtime >= src.stat().st_mtime
     )
 
@@ -454,6 +456,19 @@ def print_loaders(name: str, result: dict[str, Any], rows: Sequence[tuple[str, s
                 f"  {label:36s} {r['images']:8d} {r['seconds']:8.3f}"
                 f" {r['images_per_s']:10,.0f} {r['gb_per_s']:7.2f}"
             )
+
+
+def check_goals(
+    values: dict[str, float], targets: dict[str, float], at_most: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``{goal: {value, target, met}}`` for each measured goal: ``value >= target``, or
+    ``value <= target`` for the goals named in ``at_most``."""
+    out = {}
+    for key, value in values.items():
+        target = targets[key]
+        met = value <= target if key in at_most else value >= target
+        out[key] = {"value": value, "target": target, "met": met}
+    return out
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:

@@ -3,8 +3,8 @@
 The block lies between ``<!-- results:begin -->`` and ``<!-- results:end -->`` in README.md and is
 generated, never typed: every number comes from ``assets/benchmark_throughput.json``,
 ``assets/benchmark_augmentation.json``, ``assets/benchmark_memory.json``,
-``assets/benchmark_training.json`` and ``assets/benchmark_pack.json`` (each section appears when
-its JSON exists).
+``assets/benchmark_training.json``, ``assets/benchmark_gpu.json``, ``assets/benchmark_pack.json``
+and ``assets/benchmark_larger_than_ram.json`` (each section appears when its JSON exists).
 
 Usage::
 
@@ -274,6 +274,107 @@ def render_training(data: dict[str, Any]) -> list[str]:
     return out
 
 
+GPU_RATES = {
+    "vantix_uint8": "Vantix, uint8",
+    "vantix_float32_device": "Vantix, float32 normalised on the GPU",
+    "vantix_float32_cpu": "Vantix, float32 normalised on the CPU",
+    "torchvision_float32": "DataLoader(ImageFolder), float32",
+}
+
+
+def render_gpu(data: dict[str, Any]) -> list[str]:
+    p, bw, ov = data["parameters"], data["bandwidth"], data["overlap"]
+    diffs = data["checks"]["max_abs_difference"]
+    out = [
+        "### GPU",
+        "",
+        f"{run_of(data)}: batches into `{p['device']}` ({data['machine'].get('cuda') or 'CPU'}), "
+        f"`RandomResizedCrop({p['image_size']})` + flip, batch {p['batch_size']}; DataLoader with "
+        f"`num_workers={p['num_workers']}, pin_memory=True`. Device batches equal the CPU path's "
+        f"(largest difference: "
+        + ", ".join(f"{k} {v:g}" for k, v in diffs.items())
+        + f"). Host-to-device: torch copying a pinned tensor {bw['torch_pinned_gb_per_s']:.1f} "
+        f"GB/s (the limit), Vantix uint8 {bw['vantix_uint8_gb_per_s']:.1f} GB/s. Copy/compute "
+        f"overlap: a MobileNetV3 step takes {ov['ratio']:.3f}x the time it takes on a batch "
+        f"already on the device." + load_note(data),
+        "",
+        "| Into the GPU | images/s | GB/s |",
+        "|---|---:|---:|",
+    ]
+    for key, label in GPU_RATES.items():
+        r = data["rates"][key]
+        out.append(f"| {label} | {rate(r['images_per_s'])} | {r['gb_per_s']:.2f} |")
+    out += [
+        "",
+        "| Model | DataLoader s/epoch | Vantix s/epoch | Speed-up | GPU busy DataLoader "
+        "| GPU busy Vantix |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in data["training"].items():
+        tv, vx = m["loaders"]["torchvision"], m["loaders"]["vantix"]
+        out.append(
+            f"| {name} | {tv['mean_epoch_seconds']:.2f} | {vx['mean_epoch_seconds']:.2f} | "
+            f"{ratio(m['speedup'])} | {tv['busy_fraction']:.0%} | {vx['busy_fraction']:.0%} |"
+        )
+    out += ["", "| Goal | value | target | met |", "|---|---:|---:|---|"]
+    for key, g in data["goals"].items():
+        sign = "<=" if key == "overlap_step_ratio" else ">="
+        out.append(f"| `{key}` | {g['value']:.2f} | {sign} {g['target']:g} | {met(g['met'])} |")
+    out.append("")
+    chart = data.get("chart")
+    if chart and (ROOT / chart).exists():
+        out += [f"![Images/s into the GPU]({rel_link(ROOT / chart)})", ""]
+    return out
+
+
+LARGER_THAN_RAM_NAMES = {
+    "raw_random": 'raw, `order="random"`',
+    "raw_random_no_readahead": 'raw, `order="random"`, `readahead=0` (no hints)',
+    "raw_block": 'raw, `order="block"`',
+    "raw_auto": 'raw, `order="auto"`',
+    "zstd_random": 'zstd, `order="random"`',
+}
+
+
+def render_larger_than_ram(data: dict[str, Any]) -> list[str]:
+    p, packs, disk = data["parameters"], data["packs"], data["disk"]
+    out = [
+        "### Data larger than RAM",
+        "",
+        f"{run_of(data)}: {p['num_images']:,} images packed at {p['size']} (raw "
+        f"{mb(packs['raw']['bytes'])}, zstd {mb(packs['zstd']['bytes'])}), the loader in a memory "
+        f"cgroup (v{data['cgroup_version']}) leaving {mb(p['page_cache_budget_bytes'])} of page "
+        f"cache (the raw pack / {p['oversize']:g}), page cache dropped before each row, "
+        f"{p['epochs']} epochs of batch {p['batch_size']}"
+        + (f", `block_window={p['block_window']}`" if "block_window" in p else "")
+        + "; rates over the epochs after the first. "
+        f"The disk reads one shard sequentially at {disk['mb_per_s']:,.0f} MB/s. `read` is the "
+        "bytes the process read from disk per epoch over the pack's size "
+        "([TRADEOFFS.md](docs/TRADEOFFS.md#5-data-larger-than-ram))." + load_note(data),
+        "",
+        "| Pack, order | order taken | readahead | images/s | MB/s | read per epoch |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for key, label in LARGER_THAN_RAM_NAMES.items():
+        r = data["results"].get(key)
+        if r is None:
+            continue
+        if "error" in r:
+            out.append(f"| {label} | not run: {r['error']} | | | | |")
+            continue
+        out.append(
+            f"| {label} | {r['resolved_order']} | {r['readahead_bytes'] / 2**20:,.0f} MiB | "
+            f"{rate(r['images_per_s'])} | {r['mb_per_s']:,.0f} | "
+            f"{r['read_amplification']:.2f}x |"
+        )
+    out += ["", "| Goal | value | target | met |", "|---|---:|---:|---|"]
+    for key, g in data["goals"].items():
+        sign = "<=" if key == "random_read_amplification" else ">="
+        out.append(f"| `{key}` | {g['value']:.2f} | {sign} {g['target']:g} | {met(g['met'])} |")
+    out.append("")
+    return out
+
+
 def render_pack(data: dict[str, Any]) -> list[str]:
     p = data["parameters"]
     out = [
@@ -323,8 +424,12 @@ def render(assets: Path = ASSETS) -> str:
     augmentation = load("benchmark_augmentation.json", assets)
     memory = load("benchmark_memory.json", assets)
     training = load("benchmark_training.json", assets)
+    gpu = load("benchmark_gpu.json", assets)
     pack = load("benchmark_pack.json", assets)
-    present = [d for d in (throughput, augmentation, memory, training, pack) if d is not None]
+    larger = load("benchmark_larger_than_ram.json", assets)
+    present = [
+        d for d in (throughput, augmentation, memory, training, gpu, pack, larger) if d is not None
+    ]
     if not present:
         raise SystemExit("update_readme: no benchmark JSON in assets/")
 
@@ -357,8 +462,12 @@ def render(assets: Path = ASSETS) -> str:
         lines += render_memory(memory)
     if training:
         lines += render_training(training)
+    if gpu:
+        lines += render_gpu(gpu)
     if pack:
         lines += render_pack(pack)
+    if larger:
+        lines += render_larger_than_ram(larger)
     while lines and lines[-1] == "":
         lines.pop()
     return "\n".join(lines) + "\n"

@@ -8,43 +8,28 @@ use numpy::ndarray::ArrayView4;
 use numpy::{
     PyArray1, PyArray3, PyArray4, PyArrayMethods, PyReadonlyArray4, PyUntypedArrayMethods,
 };
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use vantix_pack::{
-    AppendOptions, Interpolation, Interrupt, MergeOptions, PackOptions, PackReport, ResizeMode,
-    ResizeSpec,
+    AppendOptions, DictionaryMode, Interpolation, Interrupt, MergeOptions, PackOptions, PackReport,
+    ResizeMode, ResizeSpec,
 };
 use vantix_read::{
-    Allocator, Codec, DType, EpochIter, ExternalMemory, Layout, LoaderConfig, Next, Order,
-    PooledBuffer, Stopper, Verify,
+    Allocator, Codec, DType, ExternalMemory, Layout, LoaderConfig, Next, Order, PooledBuffer,
+    Remainder, Sampler, Stopper, Verify,
 };
 
 /// How long a wait for a batch (or a pack) goes without checking for Ctrl-C.
 const SIGNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// `verify=`: `None` or a [`Verify`] name (its `FromStr`, whose error lists the names).
 fn parse_verify(verify: Option<&str>) -> PyResult<Verify> {
-    match verify {
-        None => Ok(Verify::None),
-        Some(v) => Verify::parse(v).ok_or_else(|| {
-            VantixError::new_err(format!(
-                "verify must be None, 'shard' or 'record', got {v:?}"
-            ))
-        }),
-    }
+    verify.map_or(Ok(Verify::None), |v| v.parse().map_err(err))
 }
 
-create_exception!(
-    vantix,
-    VantixError,
-    PyException,
-    "Raised for every Vantix failure: damaged or missing files, invalid options, unreadable images in strict mode. The message names the file and the problem."
-);
-
-fn err(e: vantix_read::Error) -> PyErr {
-    VantixError::new_err(e.to_string())
-}
+mod errors;
+// `err` maps every `vantix_read::Error` to its class of the hierarchy under `VantixError`.
+use errors::{err, VantixError};
 
 /// An opened, validated dataset (memory-mapped shards).
 #[pyclass(frozen, module = "vantix._native")]
@@ -120,9 +105,8 @@ impl Dataset {
         py.detach(|| {
             // The shard must not have changed on disk since open (a truncated mapping would
             // SIGBUS), before and after the copy.
-            self.inner.check_before_read(&idx, self.verify)?;
-            self.inner.read_into(i, &mut buf)?;
-            self.inner.check_after_read(&idx)
+            self.inner
+                .read_checked(&idx, self.verify, || self.inner.read_into(i, &mut buf))
         })
         .map_err(err)?;
         let label = self.inner.label(i).map_err(err)?;
@@ -181,7 +165,8 @@ struct BatchBuffer {
 }
 
 /// Augmentation and output conversion done by the assembler (see `vantix_read::Transform`);
-/// sizes are `(height, width)`.
+/// sizes are `(height, width)`. Every value is checked in Rust: the option strings here, the
+/// rest against the images by `validate` (a loader calls it).
 #[pyclass(frozen, module = "vantix._native")]
 struct Transform {
     inner: vantix_read::Transform,
@@ -190,7 +175,7 @@ struct Transform {
 #[pymethods]
 impl Transform {
     #[new]
-    #[pyo3(signature = (*, random_crop=None, padding=0, random_resized_crop=None, scale=(0.08, 1.0), ratio=(0.75, 4.0 / 3.0), center_crop=None, hflip=0.0, mean=None, std=None, dtype="uint8", layout="NHWC"))]
+    #[pyo3(signature = (*, random_crop=None, padding=0, random_resized_crop=None, scale=vantix_read::DEFAULT_SCALE, ratio=vantix_read::DEFAULT_RATIO, center_crop=None, horizontal_flip=0.0, vertical_flip=0.0, mean=None, std=None, dtype="uint8", layout="NHWC", channels_last=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         random_crop: Option<(u32, u32)>,
@@ -199,20 +184,19 @@ impl Transform {
         scale: (f64, f64),
         ratio: (f64, f64),
         center_crop: Option<(u32, u32)>,
-        hflip: f64,
+        horizontal_flip: f64,
+        vertical_flip: f64,
         mean: Option<Vec<f32>>,
         std: Option<Vec<f32>>,
         dtype: &str,
         layout: &str,
+        channels_last: bool,
     ) -> PyResult<Self> {
-        let dtype = DType::parse(dtype).ok_or_else(|| {
-            VantixError::new_err(format!(
-                "dtype must be 'uint8', 'float32' or 'float16', got {dtype:?}"
-            ))
-        })?;
-        let layout = Layout::parse(layout).ok_or_else(|| {
-            VantixError::new_err(format!("layout must be 'NHWC' or 'NCHW', got {layout:?}"))
-        })?;
+        let dtype: DType = dtype.parse().map_err(err)?;
+        let layout = layout
+            .parse::<Layout>()
+            .and_then(|l| l.with_channels_last(channels_last))
+            .map_err(err)?;
         Ok(Transform {
             inner: vantix_read::Transform {
                 random_crop,
@@ -221,13 +205,20 @@ impl Transform {
                 scale,
                 ratio,
                 center_crop,
-                hflip,
+                horizontal_flip,
+                vertical_flip,
                 mean: mean.unwrap_or_default(),
                 std: std.unwrap_or_default(),
                 dtype,
                 layout,
             },
         })
+    }
+
+    /// True when batches are the packed records unchanged (the plain-copy fast path).
+    #[getter]
+    fn is_identity(&self) -> bool {
+        self.inner.is_identity()
     }
 
     /// Check the options against images of `height x width x channels`.
@@ -250,7 +241,7 @@ impl Allocator for PyAllocator {
     fn allocate(&self, len: usize) -> vantix_read::Result<ExternalMemory> {
         Python::attach(|py| {
             let fail = |e: PyErr| {
-                vantix_read::Error::invalid(format!("batch buffer allocation failed: {e}"))
+                vantix_read::Error::alloc(format!("batch buffer allocation failed: {e}"))
             };
             let t = self.0.call1(py, (len,)).map_err(fail)?;
             let ptr: usize = t
@@ -276,7 +267,7 @@ struct Loader {
 #[pymethods]
 impl Loader {
     #[new]
-    #[pyo3(signature = (dataset, batch_size, shuffle, seed, drop_last, prefetch, num_threads, rank, world_size, drop_remainder, transform=None, order="random", block_size=256, block_window=16, indices=None, allocator=None, verify=None))]
+    #[pyo3(signature = (dataset, batch_size=vantix_read::DEFAULT_BATCH_SIZE, shuffle=true, seed=0, drop_last=false, prefetch=vantix_read::DEFAULT_PREFETCH, num_threads=None, rank=0, world_size=1, ddp_remainder="pad", augment=None, order="random", block_size=vantix_read::DEFAULT_BLOCK_SIZE, block_window=vantix_read::DEFAULT_BLOCK_WINDOW, indices=None, allocator=None, verify=None, consumer_batches=0, readahead=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         dataset: &Dataset,
@@ -288,42 +279,37 @@ impl Loader {
         num_threads: Option<usize>,
         rank: usize,
         world_size: usize,
-        drop_remainder: bool,
-        transform: Option<PyRef<'_, Transform>>,
+        ddp_remainder: &str,
+        augment: Option<PyRef<'_, Transform>>,
         order: &str,
         block_size: u64,
         block_window: u64,
         indices: Option<Vec<u64>>,
         allocator: Option<Py<PyAny>>,
         verify: Option<&str>,
+        consumer_batches: usize,
+        readahead: Option<u64>,
     ) -> PyResult<Self> {
         let verify = parse_verify(verify)?;
-        let order = match (shuffle, order) {
-            (false, _) => Order::Sequential,
-            (true, "random") => Order::Random,
-            (true, "block") => Order::Block {
-                block_size: block_size.max(1),
-                window: block_window.max(1),
-            },
-            (true, other) => {
-                return Err(VantixError::new_err(format!(
-                    "order must be 'random' or 'block', got {other:?}"
-                )))
-            }
+        let sampler = Sampler {
+            indices: indices.map(Arc::from),
+            order: Order::from_options(shuffle, order, block_size, block_window).map_err(err)?,
+            seed,
+            rank,
+            world_size,
+            ddp_remainder: ddp_remainder.parse::<Remainder>().map_err(err)?,
+            ..Sampler::default()
         };
         let config = LoaderConfig {
             batch_size,
-            order,
-            indices: indices.map(Arc::from),
-            seed,
+            sampler,
             drop_last,
             prefetch,
+            consumer_batches,
             num_threads,
-            rank,
-            world_size,
-            drop_remainder,
-            transform: transform.map(|t| t.inner.clone()).unwrap_or_default(),
+            augment: augment.map(|t| t.inner.clone()).unwrap_or_default(),
             verify,
+            readahead,
         };
         let allocator = allocator.map(|f| Arc::new(PyAllocator(f)) as Arc<dyn Allocator>);
         let loader =
@@ -338,49 +324,69 @@ impl Loader {
         self.inner.num_batches()
     }
 
-    /// This rank's sample indices for `epoch` entered `start` samples into its permutation,
-    /// in the order the batches yield them (`rank`/`world_size`: the constructor's when None).
-    #[pyo3(signature = (epoch, start=0, rank=None, world_size=None))]
+    /// This rank's sample indices for `epoch` entered `samples_seen` samples into its
+    /// permutation, in the order the batches yield them (`rank`/`world_size`: the
+    /// constructor's when None).
+    #[pyo3(signature = (epoch, samples_seen=0, rank=None, world_size=None))]
     fn epoch_indices<'py>(
         &self,
         py: Python<'py>,
         epoch: u64,
-        start: u64,
+        samples_seen: u64,
         rank: Option<usize>,
         world_size: Option<usize>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let loader = self.ranked(rank, world_size)?;
         let v: Vec<i64> = py.detach(|| {
-            let idx = loader.epoch_indices(epoch, start);
+            let idx = loader.epoch_indices(epoch, samples_seen);
             idx.into_iter().map(|i| i as i64).collect()
         });
         Ok(PyArray1::from_vec(py, v))
     }
 
-    /// Batches this rank yields in an epoch entered `start` samples into its permutation.
-    #[pyo3(signature = (start, rank=None, world_size=None))]
+    /// Batches this rank yields in an epoch entered `samples_seen` samples into its
+    /// permutation.
+    #[pyo3(signature = (samples_seen, rank=None, world_size=None))]
     fn num_batches_from(
         &self,
-        start: u64,
+        samples_seen: u64,
         rank: Option<usize>,
         world_size: Option<usize>,
     ) -> PyResult<usize> {
-        Ok(self.ranked(rank, world_size)?.num_batches_from(start))
+        Ok(self
+            .ranked(rank, world_size)?
+            .num_batches_from(samples_seen))
     }
 
-    /// Start the prefetch thread for `epoch`, `start` samples (all ranks) into its permutation,
-    /// as rank `rank` of `world_size` (the constructor's when None).
-    #[pyo3(signature = (epoch, start, rank=None, world_size=None))]
+    /// Where an epoch entered `samples_seen` samples into its permutation stands after
+    /// `batches` batches on each of `world_size` ranks (the `samples_seen` of a state_dict).
+    #[pyo3(signature = (samples_seen, batches, world_size=None))]
+    fn samples_seen_after(
+        &self,
+        samples_seen: u64,
+        batches: u64,
+        world_size: Option<usize>,
+    ) -> PyResult<u64> {
+        let loader = self.ranked(None, world_size)?;
+        let batch_size = loader.config().batch_size as u64;
+        Ok(loader
+            .sampler()
+            .samples_seen_after(samples_seen, batches, batch_size))
+    }
+
+    /// Start the prefetch thread for `epoch`, `samples_seen` samples (all ranks) into its
+    /// permutation, as rank `rank` of `world_size` (the constructor's when None).
+    #[pyo3(signature = (epoch, samples_seen, rank=None, world_size=None))]
     fn iter_epoch(
         &self,
         py: Python<'_>,
         epoch: u64,
-        start: u64,
+        samples_seen: u64,
         rank: Option<usize>,
         world_size: Option<usize>,
     ) -> PyResult<EpochIterator> {
         let loader = self.ranked(rank, world_size)?;
-        let it = py.detach(|| loader.epoch(epoch, start));
+        let it = py.detach(|| loader.epoch(epoch, samples_seen));
         Ok(EpochIterator::new(it))
     }
 
@@ -389,6 +395,26 @@ impl Loader {
     #[getter]
     fn num_threads(&self) -> usize {
         self.inner.num_threads()
+    }
+
+    /// The order each epoch follows: `"random"`, `"block"` or `"sequential"` (`order="auto"`
+    /// resolved when the loader was built).
+    #[getter]
+    fn order(&self) -> &'static str {
+        self.inner.order().name()
+    }
+
+    /// Bytes of the coming batches a pass asks the kernel to read ahead (0: none).
+    #[getter]
+    fn readahead(&self) -> u64 {
+        self.inner.readahead()
+    }
+
+    /// `memory_fit(dataset)` less this loader's batch buffers (`reserved_bytes`): what the
+    /// loader decided `order="auto"` and the default readahead from.
+    fn memory_fit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let fit = py.detach(|| self.inner.memory_fit()).map_err(err)?;
+        fit_dict(py, fit)
     }
 
     /// The augmentation drawn for dataset sample `index` in `epoch`:
@@ -405,9 +431,20 @@ impl Loader {
     }
 
     /// The resume key: 32 hex digits over everything that decides what a pass yields besides
-    /// the epoch and the position in it (docs/FORMAT.md §7.11).
-    fn resume_key(&self) -> String {
-        vantix_read::resume_key(&self.inner)
+    /// the epoch and the position in it (docs/FORMAT.md §7.11). With `augment`, the key of
+    /// this loader with that augmentation instead of its own: a loader that assembles uint8 for
+    /// a conversion on the GPU keys the output options the user asked for, so a checkpoint
+    /// resumes whichever side converts.
+    #[pyo3(signature = (augment=None))]
+    fn resume_key(&self, augment: Option<PyRef<'_, Transform>>) -> String {
+        match augment {
+            None => vantix_read::resume_key(&self.inner),
+            Some(t) => vantix_read::ResumeInputs {
+                transform: &t.inner,
+                ..vantix_read::ResumeInputs::of(&self.inner)
+            }
+            .key(),
+        }
     }
 
     /// Buffers currently waiting in the pool (for tests of buffer recycling).
@@ -423,7 +460,7 @@ impl Loader {
         rank: Option<usize>,
         world_size: Option<usize>,
     ) -> PyResult<Arc<vantix_read::Loader>> {
-        let c = self.inner.config();
+        let c = self.inner.sampler();
         let (r, w) = (rank.unwrap_or(c.rank), world_size.unwrap_or(c.world_size));
         if (r, w) == (c.rank, c.world_size) {
             return Ok(Arc::clone(&self.inner));
@@ -442,7 +479,7 @@ impl Loader {
 struct EpochIterator {
     /// The pass; `None` once it is over or closed. Locked only without the GIL, and never for
     /// longer than one `SIGNAL_CHECK` wait.
-    it: std::sync::Mutex<Option<EpochIter>>,
+    it: std::sync::Mutex<Option<vantix_read::EpochIterator>>,
     stopper: Stopper,
     /// Set by `close()`: a pass stopped that way ends (an error it reports is the stop's).
     closed: std::sync::atomic::AtomicBool,
@@ -451,7 +488,7 @@ struct EpochIterator {
 }
 
 impl EpochIterator {
-    fn new(it: EpochIter) -> Self {
+    fn new(it: vantix_read::EpochIterator) -> Self {
         EpochIterator {
             stopper: it.stopper(),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -460,7 +497,7 @@ impl EpochIterator {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<EpochIter>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<vantix_read::EpochIterator>> {
         // A panic while locked leaves nothing half-done that matters here.
         self.it.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -535,7 +572,17 @@ impl EpochIterator {
                 Step::Batch(b) => break b,
             }
         };
-        let (shape, dtype) = (batch.shape, batch.dtype);
+        let (dtype, layout) = (batch.dtype, batch.layout);
+        // Channels-last batches are NHWC memory served as an NCHW-shaped view (no copy).
+        let [n, d1, d2, d3] = batch.shape;
+        let shape = match layout {
+            Layout::ChannelsLast => [n, d2, d3, d1],
+            _ => batch.shape,
+        };
+        let axes = match layout {
+            Layout::ChannelsLast => [0, 3, 1, 2],
+            _ => [0, 1, 2, 3],
+        };
         let ptr = batch.images.as_ptr();
         let labels = PyArray1::from_vec(py, batch.labels);
         let indices = PyArray1::from_vec(py, batch.indices.into_iter().map(|i| i as i64).collect());
@@ -547,15 +594,23 @@ impl EpochIterator {
         let images = unsafe {
             match dtype {
                 DType::Uint8 => {
-                    let view = ArrayView4::from_shape_ptr(shape, ptr);
+                    let view = ArrayView4::from_shape_ptr(shape, ptr).permuted_axes(axes);
                     PyArray4::borrow_from_array(&view, owner).into_any()
                 }
                 DType::Float32 => {
-                    let view = ArrayView4::from_shape_ptr(shape, ptr.cast::<f32>());
+                    let view =
+                        ArrayView4::from_shape_ptr(shape, ptr.cast::<f32>()).permuted_axes(axes);
                     PyArray4::borrow_from_array(&view, owner).into_any()
                 }
                 DType::Float16 => {
-                    let view = ArrayView4::from_shape_ptr(shape, ptr.cast::<half::f16>());
+                    let view = ArrayView4::from_shape_ptr(shape, ptr.cast::<half::f16>())
+                        .permuted_axes(axes);
+                    PyArray4::borrow_from_array(&view, owner).into_any()
+                }
+                // numpy has no bfloat16: the bit patterns, which Python views as torch.bfloat16.
+                DType::BFloat16 => {
+                    let view =
+                        ArrayView4::from_shape_ptr(shape, ptr.cast::<u16>()).permuted_axes(axes);
                     PyArray4::borrow_from_array(&view, owner).into_any()
                 }
             }
@@ -576,9 +631,11 @@ impl EpochIterator {
     }
 }
 
-/// Pack an ImageFolder (see `vantix.pack`). Returns a dict report.
+/// Pack an ImageFolder (see `vantix.pack`). Returns a dict report. Option strings are parsed
+/// by their enums' `FromStr` and the options checked by `PackOptions::validate` (in `pack`),
+/// as for the CLI.
 #[pyfunction]
-#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter="up", part=None, channels=3, exif_orientation=false, dictionary="auto", allow_truncated=false, allow_empty=false, max_file_size=vantix_pack::DEFAULT_MAX_FILE_BYTES))]
+#[pyo3(signature = (src, dst, width, height, mode, interpolation, pad_color, codec, level, shard_size, num_threads, strict, overwrite, progress, max_pixels, exact_decode=false, filter=Codec::DEFAULT_FILTER.name(), part=None, channels=3, exif_orientation=false, dictionary="auto", allow_truncated=false, allow_empty=false, max_file_size=vantix_pack::DEFAULT_MAX_FILE_BYTES))]
 #[allow(clippy::too_many_arguments)]
 fn pack<'py>(
     py: Python<'py>,
@@ -607,38 +664,12 @@ fn pack<'py>(
     allow_empty: bool,
     max_file_size: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let zstd_dictionary = vantix_pack::DictionaryMode::parse(dictionary).ok_or_else(|| {
-        VantixError::new_err(format!(
-            "dictionary must be 'auto', 'on' or 'off', got {dictionary:?}"
-        ))
-    })?;
-    if let Some((index, count)) = part {
-        vantix_pack::pack::check_part(index, count).map_err(err)?;
-    }
-    let filter = vantix_read::Filter::parse(filter).ok_or_else(|| {
-        VantixError::new_err(format!(
-            "filter must be 'none', 'left', 'up', 'avg' or 'paeth', got {filter:?}"
-        ))
-    })?;
-    let mode = ResizeMode::parse(mode).ok_or_else(|| {
-        VantixError::new_err(format!(
-            "mode must be 'center-crop', 'squash' or 'pad', got {mode:?}"
-        ))
-    })?;
-    let interpolation = Interpolation::parse(interpolation).ok_or_else(|| {
-        VantixError::new_err(format!(
-            "interpolation must be nearest, bilinear, bicubic, lanczos, box or hamming, got {interpolation:?}"
-        ))
-    })?;
-    let codec = match codec {
-        "raw" => Codec::Raw,
-        "zstd" => Codec::Zstd { level, filter },
-        other => {
-            return Err(VantixError::new_err(format!(
-                "codec must be 'raw' or 'zstd', got {other:?}"
-            )))
-        }
-    };
+    let dictionary: DictionaryMode = dictionary.parse().map_err(err)?;
+    let filter: vantix_read::Filter = filter.parse().map_err(err)?;
+    let mode: ResizeMode = mode.parse().map_err(err)?;
+    let interpolation: Interpolation = interpolation.parse().map_err(err)?;
+    let codec = codec.parse::<Codec>().map_err(err)?;
+    let codec = codec.with_zstd_settings(level, filter);
     let opts = PackOptions {
         spec: ResizeSpec {
             width,
@@ -653,14 +684,14 @@ fn pack<'py>(
         },
         codec,
         shard_size,
-        jobs: num_threads,
+        num_threads,
         strict,
         overwrite,
         progress,
         report_skipped: true,
         interrupt: None,
         part,
-        zstd_dictionary,
+        dictionary,
         allow_truncated,
         allow_empty,
         max_file_bytes: max_file_size,
@@ -736,7 +767,7 @@ fn append<'py>(
     let raised: Raised = Arc::default();
     let opts = AppendOptions {
         shard_size,
-        jobs: num_threads,
+        num_threads,
         strict,
         new_classes,
         progress,
@@ -809,7 +840,7 @@ fn write_contact_sheet(
     let [n, h, w, c] = <[usize; 4]>::try_from(images.shape()).expect("4-D array");
     let pixels = images
         .as_slice()
-        .map_err(|_| VantixError::new_err("contact sheet: images must be C-contiguous"))?;
+        .map_err(|_| errors::value_error("contact sheet: images must be C-contiguous"))?;
     py.detach(|| {
         let g = vantix_pack::preview::SheetGeometry::new(n, h, w, c, columns, scale)?;
         let sheet = vantix_pack::preview::contact_sheet(pixels, &captions, &g)?;
@@ -819,16 +850,95 @@ fn write_contact_sheet(
     .map_err(err)
 }
 
+/// The default of every `vantix.pack` option, by its Python name: what `PackOptions::default()`
+/// holds (with zstd's level and filter for `codec="zstd"`), so that Python states no default
+/// of its own. `size` is `(height, width)`, torchvision's order.
+#[pyfunction]
+fn pack_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let o = PackOptions::default();
+    let (level, filter) = match o.codec {
+        Codec::Zstd { level, filter } => (level, filter),
+        Codec::Raw => (Codec::DEFAULT_LEVEL, Codec::DEFAULT_FILTER),
+    };
+    let d = PyDict::new(py);
+    d.set_item("size", (o.spec.height, o.spec.width))?;
+    d.set_item("mode", o.spec.mode.name())?;
+    d.set_item("interpolation", o.spec.interpolation.name())?;
+    d.set_item(
+        "pad_color",
+        (
+            o.spec.pad_color[0],
+            o.spec.pad_color[1],
+            o.spec.pad_color[2],
+        ),
+    )?;
+    d.set_item("codec", o.codec.name())?;
+    d.set_item("level", level)?;
+    d.set_item("filter", filter.name())?;
+    d.set_item("dictionary", o.dictionary.name())?;
+    d.set_item("shard_size", o.shard_size)?;
+    d.set_item("num_threads", o.num_threads)?;
+    d.set_item("strict", o.strict)?;
+    d.set_item("overwrite", o.overwrite)?;
+    d.set_item("progress", o.progress)?;
+    d.set_item("max_pixels", o.spec.max_pixels)?;
+    d.set_item("exact_decode", o.spec.exact_decode)?;
+    d.set_item("part", o.part)?;
+    d.set_item("channels", o.spec.channels)?;
+    d.set_item("exif_orientation", o.spec.exif_orientation)?;
+    d.set_item("allow_truncated", o.allow_truncated)?;
+    d.set_item("allow_empty", o.allow_empty)?;
+    d.set_item("max_file_size", o.max_file_bytes)?;
+    Ok(d)
+}
+
+/// How `dataset` compares with the memory this process can use (`vantix_read::MemoryFit`):
+/// `dataset_bytes`, `usable_bytes` (None when unknown; less `reserved_bytes`), `fits`,
+/// `mem_available`, `cgroup_limit`, `cgroup_anon`, `env_limit` (VANTIX_MEMORY_LIMIT), `zstd`,
+/// `zstd_bytes` (estimated for a raw pack that does not fit), `zstd_estimated` and `message`
+/// (the text of the warning and of `vantix-pack inspect`'s memory line).
+#[pyfunction]
+fn memory_fit<'py>(py: Python<'py>, dataset: &Dataset) -> PyResult<Bound<'py, PyDict>> {
+    let fit = py
+        .detach(|| vantix_read::MemoryFit::of(&dataset.inner))
+        .map_err(err)?;
+    fit_dict(py, fit)
+}
+
+fn fit_dict(py: Python<'_>, fit: vantix_read::MemoryFit) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("reserved_bytes", fit.reserved)?;
+    d.set_item("dataset_bytes", fit.dataset_bytes)?;
+    d.set_item("usable_bytes", fit.usable)?;
+    d.set_item("fits", fit.fits)?;
+    d.set_item("mem_available", fit.limits.mem_available)?;
+    d.set_item("cgroup_limit", fit.limits.cgroup_limit)?;
+    d.set_item("cgroup_anon", fit.limits.cgroup_anon)?;
+    d.set_item("env_limit", fit.limits.env_limit)?;
+    d.set_item("zstd", fit.zstd)?;
+    d.set_item("zstd_bytes", fit.zstd_bytes)?;
+    d.set_item("zstd_estimated", fit.zstd_estimated)?;
+    d.set_item("message", fit.message())?;
+    Ok(d)
+}
+
 /// Parse a byte size such as `512M`, `1G` or `4096` (binary multiples).
 #[pyfunction]
 fn parse_bytes(text: &str) -> PyResult<u64> {
-    vantix_pack::cli::parse_bytes(text).map_err(VantixError::new_err)
+    vantix_pack::cli::parse_bytes(text).map_err(errors::value_error)
 }
 
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("VantixError", m.py().get_type::<VantixError>())?;
+    errors::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Loader defaults, so that the Python signatures show the Rust values.
+    m.add("DEFAULT_BATCH_SIZE", vantix_read::DEFAULT_BATCH_SIZE)?;
+    m.add("DEFAULT_PREFETCH", vantix_read::DEFAULT_PREFETCH)?;
+    m.add("DEFAULT_BLOCK_SIZE", vantix_read::DEFAULT_BLOCK_SIZE)?;
+    m.add("DEFAULT_BLOCK_WINDOW", vantix_read::DEFAULT_BLOCK_WINDOW)?;
+    m.add("DEFAULT_SCALE", vantix_read::DEFAULT_SCALE)?;
+    m.add("DEFAULT_RATIO", vantix_read::DEFAULT_RATIO)?;
     m.add_class::<Dataset>()?;
     m.add_class::<Loader>()?;
     m.add_class::<Transform>()?;
@@ -839,6 +949,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(append, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(parse_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(memory_fit, m)?)?;
+    m.add("MEMORY_LIMIT_ENV", vantix_read::MEMORY_LIMIT_ENV)?;
+    m.add_function(wrap_pyfunction!(pack_defaults, m)?)?;
+    m.add("DEFAULT_MAX_PIXELS", vantix_pack::DEFAULT_MAX_PIXELS)?;
+    m.add("DEFAULT_SHARD_SIZE", vantix_pack::DEFAULT_SHARD_SIZE)?;
+    m.add("DEFAULT_MAX_FILE_SIZE", vantix_pack::DEFAULT_MAX_FILE_BYTES)?;
     m.add_function(wrap_pyfunction!(write_contact_sheet, m)?)?;
     m.add_function(wrap_pyfunction!(train_val_split, m)?)?;
     Ok(())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,6 +37,22 @@ def thread_names() -> list[str]:
         except OSError:  # the thread ended meanwhile
             pass
     return names
+
+
+def prefetch_threads() -> int:
+    """How many ``vantix-prefetch`` threads this process has now."""
+    return sum(name.startswith("vantix-prefetch") for name in thread_names())
+
+
+def prefetch_threads_after_join(timeout: float = 1.0) -> int:
+    """The ``vantix-prefetch`` count once joined threads have left ``/proc``, waiting up to
+    ``timeout`` s for it to reach 0. ``pthread_join`` returns when the kernel clears the
+    thread's id, a moment before it removes ``/proc/self/task/<tid>``, so a thread that
+    has been joined can still be listed right after the join."""
+    deadline = time.monotonic() + timeout
+    while (n := prefetch_threads()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return n
 
 
 def write_image_folder(

@@ -165,6 +165,90 @@ def test_training_smoke(out: Path) -> None:
         assert_chart(out / "assets" / f"time_savings_{name}.png")
 
 
+def test_gpu_smoke(out: Path) -> None:
+    """Without CUDA, benchmark_gpu.py's smoke mode runs every measurement on the CPU "device",
+    including the device conversion against the Rust float path (equal), and writes its
+    report and chart; its plain mode without CUDA writes nothing."""
+    import torch
+
+    report_path = out / "assets" / "benchmark_gpu.json"
+    run_script(
+        "benchmark_gpu.py",
+        *("--smoke", "--data-dir", out / "data"),
+        *("--assets-dir", out / "assets", "--out", report_path),
+    )
+    report = json.loads(report_path.read_text())
+    assert report["checks"]["max_abs_difference"] == {
+        "uint8": 0,
+        "float32": 0,
+        "float16": 0,
+        "bfloat16": 0,
+    }
+    rates = report["rates"]
+    assert set(rates) == {
+        "vantix_uint8",
+        "vantix_float32_device",
+        "vantix_float32_cpu",
+        "torchvision_float32",
+    }
+    assert all(r["images_per_s"] > 0 for r in rates.values())
+    assert rates["vantix_float32_device"]["bytes_per_image_on_device"] == (
+        4 * rates["vantix_uint8"]["bytes_per_image_on_device"]
+    )
+    assert report["overlap"]["ratio"] > 0 and report["training"]["Small_MLP"]["speedup"] > 0
+    assert set(report["goals"]) == {
+        "overlap_step_ratio",
+        "float_vs_cpu_float",
+        "float_vs_uint8",
+        "small_mlp_speedup",
+    }
+    assert_chart(out / "assets" / "gpu_rates.png")
+    if not torch.cuda.is_available():
+        plain = out / "plain" / "gpu.json"
+        stdout = run_script("benchmark_gpu.py", "--out", plain, "--assets-dir", out / "plain")
+        assert "no CUDA device" in stdout and not (out / "plain").exists()
+
+
+def test_larger_than_ram_smoke(out: Path) -> None:
+    """benchmark_larger_than_ram.py's smoke mode: where it can make a memory cgroup (root), every
+    configuration runs in it and the report has its goals and the order ``auto`` took; where it
+    cannot, it says why, exits 0 and writes nothing."""
+    report_path = out / "assets" / "benchmark_larger_than_ram.json"
+    stdout = run_script(
+        "benchmark_larger_than_ram.py",
+        *("--smoke", "--data-dir", out / "ltr-data", "--out", report_path),
+    )
+    if "nothing run" in stdout:
+        assert not report_path.exists()
+        return
+    report = json.loads(report_path.read_text())
+    assert set(report["results"]) == {
+        "raw_random",
+        "raw_random_no_readahead",
+        "raw_block",
+        "raw_auto",
+        "zstd_random",
+    }
+    for name, r in report["results"].items():
+        assert "error" not in r, (name, r)
+        assert len(r["epochs"]) == report["parameters"]["epochs"]
+        assert all(e["images"] == report["parameters"]["num_images"] for e in r["epochs"])
+        assert r["images_per_s"] > 0 and r["read_amplification"] >= 0
+    res = report["results"]
+    assert res["raw_random_no_readahead"]["readahead_bytes"] == 0
+    assert res["raw_block"]["resolved_order"] == "block"
+    assert res["raw_auto"]["resolved_order"] in ("block", "random")
+    assert res["raw_auto"]["resolved_order"] == (
+        "random" if res["raw_auto"]["memory_fit"]["fits"] else "block"
+    )
+    assert set(report["goals"]) == {
+        "random_vs_no_readahead",
+        "random_vs_block",
+        "block_vs_disk",
+        "random_read_amplification",
+    }
+
+
 def test_readme_block_renders_from_fresh_results(out: Path) -> None:
     """``update_readme.py`` turns the JSON the smoke runs wrote into a results block."""
     assert (out / "assets" / "benchmark_training.json").exists(), "run the whole module"
@@ -177,9 +261,12 @@ def test_readme_block_renders_from_fresh_results(out: Path) -> None:
         "Small_MLP",
         "Large_MobileNetV3",
         "imagenet-std",
+        "### GPU",
         "### Packing",
     ):
         assert heading in text, heading
+    if (out / "assets" / "benchmark_larger_than_ram.json").exists():
+        assert "### Data larger than RAM" in text and 'raw, `order="auto"`' in text
     run_script("update_readme.py", "--assets", out / "assets", "--readme", readme, "--check")
 
 

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import thread_names, write_image_folder
+from conftest import prefetch_threads_after_join, thread_names, write_image_folder
 
 import vantix
 from vantix import VantixError, VantixLoader
@@ -371,7 +371,7 @@ def test_close_from_another_thread_while_next_waits(tmp_path_factory, clean_env)
     timer.join()
     print(f"next() returned {time.monotonic() - t0:.2f} s after start; close errors: {errors}")
     assert errors == [None] and loader.closed
-    assert _prefetch_threads() == 0
+    assert prefetch_threads_after_join() == 0
 
 
 def _try(f):
@@ -380,10 +380,6 @@ def _try(f):
     except Exception as e:  # reported by the test
         return repr(e)
     return None
-
-
-def _prefetch_threads() -> int:
-    return sum(t.startswith("vantix-prefetch") for t in thread_names())
 
 
 def test_two_threads_sharing_one_iterator_are_served_in_turn(packed, clean_env):
@@ -426,7 +422,7 @@ def test_iterator_dropped_by_gc_on_its_own_prefetch_thread(packed):
             gc.collect()  # as an allocation may trigger it; finds the cycle below
             return torch.empty(nbytes, dtype=torch.uint8)
 
-        native = vantix._native.Loader(ds._native, 4, True, 0, False, 2, None, 0, 1, False,
+        native = vantix._native.Loader(ds._native, 4, True, 0, False, 2, None, 0, 1, "pad",
                                        allocator=allocate)
         gc.disable()
         it = native.iter_epoch(0, 0)

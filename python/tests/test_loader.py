@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import thread_names
+from conftest import prefetch_threads, prefetch_threads_after_join
 from PIL import Image
 
 import vantix
@@ -219,28 +219,20 @@ def test_abandoning_loaders_stops_threads_and_leaks_nothing(path):
     assert _fds() <= fds0
 
 
-def _prefetch_threads():
-    return thread_names().count("vantix-prefetch")
-
-
 def test_break_stops_prefetch_thread_promptly(path):
     gc.collect()
-    assert _prefetch_threads() == 0
+    assert prefetch_threads_after_join() == 0
     loader = VantixLoader(path, batch_size=2, prefetch=4)
     it = iter(loader)
     next(it)
-    assert _prefetch_threads() == 1  # filling the queue in the background
+    assert prefetch_threads() == 1  # filling the queue in the background
     it.close()  # returns only once the thread has been joined
-    assert _prefetch_threads() == 0
+    assert prefetch_threads_after_join() == 0
     with pytest.raises(StopIteration):
         next(it)
     for _ in loader:  # a break: dropping the iterator stops its thread the same way
         break
-    # Joined, but the kernel may list an exited thread in /proc/self/task a moment longer.
-    deadline = time.monotonic() + 1.0
-    while _prefetch_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _prefetch_threads() == 0
+    assert prefetch_threads_after_join() == 0
 
 
 def test_map_style_dataset(path, packed):
@@ -277,3 +269,13 @@ def test_invalid_options_raise_vantix_error(path):
         VantixLoader(path, rank=2, world_size=2)
     with pytest.raises(VantixError, match="does not exist"):
         VantixLoader(path.parent / "nope.vtx")
+
+
+def test_verify_mode_and_its_deprecated_spelling(path):
+    loader = VantixLoader(path, batch_size=4, verify="record")
+    assert loader.verify_mode == "record" == VantixDataset(path, verify="record").verify_mode
+    with pytest.warns(DeprecationWarning, match="verify_mode"):
+        assert loader.verify == "record"
+    # The resume position is computed in Rust: samples of every rank together.
+    assert loader._native.samples_seen_after(8, 3, 2) == 8 + 3 * 4 * 2
+    loader.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -232,3 +233,110 @@ def test_packer_memory_does_not_grow_with_the_number_of_images(tmp_path):
     packed_growth_kib = (480 - 120) * 128 * 128 * 3 // 1024  # what keeping records would cost
     print(f"peak RSS: {rss_small} KiB (120 images), {rss_large} KiB (480 images)")
     assert rss_large - rss_small < packed_growth_kib / 3, (rss_small, rss_large)
+
+
+# --- options: one parser, one set of defaults (issue 15) ---------------------------------------
+
+CHOICES = {
+    "mode": "'center-crop', 'squash' or 'pad'",
+    "interpolation": "'nearest', 'bilinear', 'bicubic', 'lanczos', 'box' or 'hamming'",
+    "codec": "'raw' or 'zstd'",
+    "filter": "'none', 'left', 'up', 'avg' or 'paeth'",
+    "dictionary": "'auto', 'on' or 'off'",
+}
+
+
+@pytest.mark.parametrize("option", sorted(CHOICES))
+def test_an_invalid_choice_lists_the_choices_in_python_and_on_the_cli(src, tmp_path, option):
+    """The same Rust ``FromStr`` parses the option for ``vantix.pack`` and ``vantix-pack``; its
+    error names the option and lists every choice, and nothing is written."""
+    want = f'{option} must be one of {CHOICES[option]}, got "bogus"'
+    with pytest.raises(VantixError, match=re.escape(want)):
+        vantix.pack(src, tmp_path / "py.vtx", size=16, **{"codec": "zstd", option: "bogus"})
+    proc = run_cli(
+        src, "--size", "16", "-o", tmp_path / "cli.vtx", f"--{option}", "bogus", check=False
+    )
+    assert proc.returncode == 2 and want in proc.stderr, proc.stderr
+    assert not (tmp_path / "py.vtx").exists() and not (tmp_path / "cli.vtx").exists()
+    assert f"--{option}" in proc.stderr
+
+
+def test_an_invalid_verify_lists_the_choices():
+    with pytest.raises(VantixError, match="verify must be one of 'none', 'shard' or 'record'"):
+        vantix._native.Dataset("missing.vtx", verify="crc")
+
+
+def test_pack_defaults_are_the_native_ones(src, tmp_path):
+    """Every default of ``vantix.pack`` (and ``append``'s shard size and threads) is the one the
+    native module exports from ``PackOptions::default()``, which the CLI's flags show too."""
+    import inspect
+
+    native = vantix._native.pack_defaults()
+    params = inspect.signature(vantix.pack).parameters
+    assert set(native) == set(params) - {"src", "dst"}
+    for name, value in native.items():
+        assert params[name].default == value, name
+    append = inspect.signature(vantix.append).parameters
+    for name in (
+        "shard_size",
+        "num_threads",
+        "strict",
+        "progress",
+        "allow_truncated",
+        "allow_empty",
+    ):
+        assert append[name].default == native[name], name
+    assert vantix.packing.DEFAULT_MAX_PIXELS == vantix._native.DEFAULT_MAX_PIXELS == 178_956_970
+    assert native["max_pixels"] == vantix._native.DEFAULT_MAX_PIXELS
+    assert native["shard_size"] == vantix._native.DEFAULT_SHARD_SIZE == 512 << 20
+    assert native["max_file_size"] == vantix._native.DEFAULT_MAX_FILE_SIZE == 1 << 30
+    assert (native["size"], native["mode"], native["codec"], native["filter"]) == (
+        (224, 224),
+        "center-crop",
+        "raw",
+        "up",
+    )
+    help_text = run_cli("--help").stdout
+    for flag, value in (("mode", native["mode"]), ("level", native["level"])):
+        assert f"[default: {value}]" in help_text, flag
+    # A default pack records the native defaults in its manifest, as the CLI's does.
+    vantix.pack(src, tmp_path / "py.vtx", size=16)
+    run_cli(src, "--size", "16", "-o", tmp_path / "cli.vtx")
+    py, cli = (
+        json.loads((tmp_path / n / "manifest.json").read_text()) for n in ("py.vtx", "cli.vtx")
+    )
+    assert py["pack"]["max_pixels"] == native["max_pixels"]
+    assert py["codec"] == cli["codec"]
+    keep = lambda p: {k: v for k, v in p.items() if k not in ("vantix_version",)}  # noqa: E731
+    assert keep(py["pack"]) == keep(cli["pack"])
+
+
+def test_one_name_per_option(src, tmp_path):
+    """``num_threads``/``--num-threads`` (``-j``, ``--jobs`` kept), ``dictionary``/``--dictionary``
+    (``--zstd-dict`` kept), and ``--size WxH`` against ``size=(height, width)``."""
+    for flag in ("-j", "--jobs", "--num-threads"):
+        run_cli(src, "--size", "16", "-o", tmp_path / "j.vtx", flag, "1", "--overwrite")
+    for flag in ("--zstd-dict", "--dictionary"):
+        run_cli(
+            src,
+            "--size",
+            "16",
+            "-o",
+            tmp_path / "d.vtx",
+            "--codec",
+            "zstd",
+            flag,
+            "off",
+            "--overwrite",
+        )
+    help_text = run_cli("--help").stdout
+    assert "--num-threads" in help_text and "--jobs" in help_text and "--dictionary" in help_text
+    assert "(height, width)" in " ".join(help_text.split())
+    assert "(height, width)" in " ".join(vantix.pack.__doc__.split())
+    run_cli(src, "--size", "32x16", "-o", tmp_path / "wh.vtx")
+    vantix.pack(src, tmp_path / "hw.vtx", size=(16, 32))
+    assert (
+        VantixDataset(tmp_path / "wh.vtx").shape
+        == VantixDataset(tmp_path / "hw.vtx").shape
+        == (16, 32, 3)
+    )

@@ -233,7 +233,8 @@ def test_huge_sizes_are_errors_not_aborts(folder, tmp_path):
     """Before: ds[0] of the hand-made dataset aborted ("memory allocation of ... failed",
     SIGABRT), center_crop=65536 aborted (rc 134), random_resized_crop=4096 at batch 256 was
     OOM-killed at 12.9 GB. Now each is a VantixError naming the file or the option; the peak
-    RSS of the child is printed."""
+    RSS of the child is printed, and its growth over the baseline after importing torch (whose
+    own size varies with the build: 0.5 GiB here, 1.1 GiB on CI) stays far below a record."""
     out = tmp_path / "huge.vtx"
     size = _huge_zstd(folder, out)
     small = tmp_path / "small.vtx"
@@ -241,7 +242,9 @@ def test_huge_sizes_are_errors_not_aborts(folder, tmp_path):
     proc = _child(
         """
         import resource, sys
+        import torch  # batches are torch tensors: its import is the baseline, not the test
         from vantix import VantixDataset, VantixError, VantixLoader
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         def refused(what, f, expect):
             try:
                 f()
@@ -258,13 +261,14 @@ def test_huge_sizes_are_errors_not_aborts(folder, tmp_path):
         refused("random_resized_crop=4096, batch 256",
                 lambda: first(batch_size=256, random_resized_crop=4096),
                 "random_resized_crop=(4096, 4096)")
-        print("peak RSS MiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print("baseline RSS MiB", base, "peak RSS MiB", peak, "growth MiB", peak - base)
         """,
         out,
         small,
     )
     print(f"hand-made dataset: {size} bytes")
-    assert int(proc.stdout.split()[-1]) < 1024
+    assert int(proc.stdout.split()[-1]) < 256, proc.stdout
 
 
 # 7. -------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import thread_names, write_image_folder
+from conftest import prefetch_threads_after_join, write_image_folder
 from PIL import Image
 from torchvision.transforms import functional as TF
 
@@ -525,10 +525,6 @@ def test_a_thousand_abandoned_loaders_leak_no_threads_fds_or_memory(small):
     assert rss1 - rss0 < 16 * 1024  # a leak of one batch buffer per loader would be ~3 MiB
 
 
-def _prefetch_threads() -> int:
-    return thread_names().count("vantix-prefetch")
-
-
 def test_an_exception_in_the_loop_stops_the_prefetch_thread_and_keeps_the_loader(small):
     loader = VantixLoader(small, batch_size=4, prefetch=3)
     with pytest.raises(RuntimeError):
@@ -536,7 +532,7 @@ def test_an_exception_in_the_loop_stops_the_prefetch_thread_and_keeps_the_loader
             if k == 2:
                 raise RuntimeError("training step failed")
     gc.collect()
-    assert _prefetch_threads() == 0
+    assert prefetch_threads_after_join() == 0
     assert sum(1 for _ in loader) == len(loader)  # usable: the next epoch is whole
 
 
@@ -564,7 +560,7 @@ def test_ctrl_c_interrupts_a_wait_for_a_batch_and_the_loader_stays_usable(slow, 
         timer.cancel()
     assert loader.state_dict()["samples_seen"] == 0  # interrupted while waiting, not after
     it.close()  # stops the batch in the middle and joins the thread
-    assert _prefetch_threads() == 0
+    assert prefetch_threads_after_join() == 0
     quick = VantixLoader(slow, batch_size=4, shuffle=False)
     assert [len(y) for _, y in quick] == [4, 4, 4, 4]
 
@@ -574,7 +570,7 @@ def test_close_and_context_manager(small):
         it = iter(loader)
         images, _ = next(it)
         kept = images.clone()
-    assert loader.closed and _prefetch_threads() == 0
+    assert loader.closed and prefetch_threads_after_join() == 0
     torch.testing.assert_close(images, kept)  # handed-out batches stay valid
     for use in (lambda: iter(loader), lambda: len(loader), lambda: next(it)):
         with pytest.raises(VantixError, match="closed"):

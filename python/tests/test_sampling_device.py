@@ -100,7 +100,7 @@ def test_batches_fill_memory_from_a_torch_allocator(packed):
 
     ds = VantixDataset(packed)
     native = vantix._native.Loader(
-        ds._native, 8, True, 0, False, 2, None, 0, 1, False, allocator=allocate
+        ds._native, 8, True, 0, False, 2, None, 0, 1, "pad", allocator=allocate
     )
     idx = native.epoch_indices(0)
     for k, (images, _labels, _i) in enumerate(native.iter_epoch(0, 0)):
@@ -120,7 +120,7 @@ def test_batches_fill_memory_from_a_torch_allocator(packed):
         raise MemoryError("no pinned memory left")
 
     broken = vantix._native.Loader(
-        ds._native, 8, True, 0, False, 2, None, 0, 1, False, allocator=failing
+        ds._native, 8, True, 0, False, 2, None, 0, 1, "pad", allocator=failing
     )
     with pytest.raises(VantixError, match="no pinned memory left"):
         next(broken.iter_epoch(0, 0))

@@ -147,6 +147,35 @@ def test_horizontal_flip_is_torchvisions(packed, chw):
         assert torch.equal(img.permute(2, 0, 1), F.hflip(chw[i]) if flip else chw[i])
 
 
+def test_vertical_flip_is_torchvisions(packed, chw):
+    """``vertical_flip`` is ``RandomVerticalFlip(p)`` of the same crop: ``F.vflip`` of what the
+    loader gives without it (the flip draws last, so the crop and horizontal flip stay)."""
+    always = _samples(VantixLoader(packed["raw"], batch_size=8, vertical_flip=1.0), epoch=1)
+    for i, img in always.items():
+        assert torch.equal(img.permute(2, 0, 1), F.vflip(chw[i]))
+    kw = {"batch_size": 8, "seed": 2, "random_crop": (30, 40), "padding": 3, "horizontal_flip": 0.5}
+    for extra in ({}, {"dtype": "float32", "layout": "NCHW"}):
+        plain = _samples(VantixLoader(packed["raw"], **kw, **extra), epoch=3)
+        flipped = _samples(VantixLoader(packed["raw"], **kw, **extra, vertical_flip=0.5), epoch=3)
+        hw = (1, 2) if extra else (0, 1)  # the image's (H, W) axes
+        flips = 0
+        for i, img in flipped.items():
+            same, mirrored = torch.equal(img, plain[i]), torch.equal(img, plain[i].flip(hw[0]))
+            assert same or mirrored, f"sample {i}"
+            flips += mirrored and not same
+        assert 0 < flips < N_IMAGES
+    # torchvision's own op on the loader's crop: the full reference.
+    loader = VantixLoader(packed["raw"], **kw, vertical_flip=0.5)
+    for i, img in _samples(loader, epoch=3).items():
+        top, left, h, w, flip = loader._native.transform_params(3, i)
+        expect = F.crop(F.pad(chw[i], 3), top + 3, left + 3, h, w)
+        expect = F.hflip(expect) if flip else expect
+        got = img.permute(2, 0, 1)
+        assert torch.equal(got, F.vflip(expect)) or torch.equal(got, expect), f"sample {i}"
+    with pytest.raises(VantixError, match="vertical_flip is a probability"):
+        VantixLoader(packed["raw"], vertical_flip=2)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
 def test_flip_probability(packed, p):
     loader = VantixLoader(packed["raw"], horizontal_flip=p, seed=7)
@@ -363,7 +392,7 @@ def test_same_sample_same_augmentation_for_any_threads_batch_size_and_rank(path)
 def test_plain_options_are_the_plain_fast_path(packed):
     plain = VantixLoader(packed["raw"], batch_size=16, seed=1)
     same = VantixLoader(packed["raw"], batch_size=16, seed=1, dtype="uint8", layout="nhwc")
-    assert plain._transform is None and same._transform is None
+    assert plain._augment.is_identity and same._augment.is_identity
     a, b = _samples(plain, 0), _samples(same, 0)
     assert all(torch.equal(a[i], b[i]) for i in a)
     ds = VantixDataset(packed["raw"])
@@ -389,7 +418,7 @@ def test_plain_options_are_the_plain_fast_path(packed):
         ({"random_crop": 8, "padding": -1}, "padding"),
         ({"mean": MEAN, "std": (0.2, 0.0, 0.2), "dtype": "float32"}, "std must not contain 0"),
         ({"mean": MEAN}, "both mean and std"),
-        ({"mean": MEAN, "std": STD}, "needs dtype float32 or float16"),
+        ({"mean": MEAN, "std": STD}, "needs dtype float32, float16 or bfloat16"),
         ({"mean": (1, 2), "std": STD, "dtype": "float32"}, "3 finite numbers"),
         ({"dtype": "float64"}, "dtype must be"),
         ({"dtype": torch.int32}, "dtype must be"),

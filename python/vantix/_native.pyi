@@ -13,6 +13,19 @@ import numpy.typing as npt
 
 __all__ = [
     "VantixError",
+    "VantixValueError",
+    "VantixTypeError",
+    "VantixOSError",
+    "VantixFileNotFoundError",
+    "VantixFileExistsError",
+    "VantixPermissionError",
+    "VantixIsADirectoryError",
+    "VantixNotADirectoryError",
+    "VantixMemoryError",
+    "CorruptDataError",
+    "ChecksumMismatchError",
+    "DataChangedError",
+    "BadImageError",
     "__version__",
     "Dataset",
     "Loader",
@@ -24,18 +37,85 @@ __all__ = [
     "append",
     "cli_main",
     "parse_bytes",
+    "memory_fit",
+    "MEMORY_LIMIT_ENV",
+    "pack_defaults",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_SHARD_SIZE",
+    "DEFAULT_MAX_FILE_SIZE",
     "write_contact_sheet",
     "train_val_split",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PREFETCH",
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_BLOCK_WINDOW",
+    "DEFAULT_SCALE",
+    "DEFAULT_RATIO",
 ]
 
 __version__: str
+# Loader defaults (the Rust values; VantixLoader's signature shows them).
+DEFAULT_BATCH_SIZE: int
+DEFAULT_PREFETCH: int
+DEFAULT_BLOCK_SIZE: int
+DEFAULT_BLOCK_WINDOW: int
+DEFAULT_SCALE: tuple[float, float]
+DEFAULT_RATIO: tuple[float, float]
 
 _Path = Union[str, os.PathLike[str]]
 _Batch = tuple[npt.NDArray[Any], npt.NDArray[np.int64], npt.NDArray[np.int64]]
 
+# The exception hierarchy (python/src/errors.rs, docs/ERRORS.md).
 class VantixError(Exception):
-    """Raised for every Vantix failure: damaged or missing files, invalid options, unreadable
-    images in strict mode. The message names the file and the problem."""
+    """Base class of every Vantix exception. Subclasses say what failed: VantixValueError and
+    VantixTypeError (bad arguments), VantixOSError (file-system errors, with errno and
+    filename), VantixMemoryError, CorruptDataError (and ChecksumMismatchError),
+    DataChangedError, BadImageError. The message names the file and the problem."""
+
+class VantixValueError(VantixError, ValueError):
+    """An argument with a bad value."""
+
+class VantixTypeError(VantixError, TypeError):
+    """An argument of the wrong type."""
+
+class VantixOSError(VantixError, OSError):
+    """A file-system error: errno, strerror and filename are set as for OSError."""
+
+class VantixFileNotFoundError(VantixOSError, FileNotFoundError):
+    """A path that does not exist (errno ENOENT)."""
+
+class VantixFileExistsError(VantixOSError, FileExistsError):
+    """A path that already exists (errno EEXIST)."""
+
+class VantixPermissionError(VantixOSError, PermissionError):
+    """Permission denied (errno EACCES or EPERM)."""
+
+class VantixIsADirectoryError(VantixOSError, IsADirectoryError):
+    """A directory where a file was expected (errno EISDIR)."""
+
+class VantixNotADirectoryError(VantixOSError, NotADirectoryError):
+    """A file where a directory was expected (errno ENOTDIR)."""
+
+class VantixMemoryError(VantixError, MemoryError):
+    """Memory could not be allocated."""
+
+class CorruptDataError(VantixError):
+    """A file whose content is damaged or not a valid Vantix file; ``filename`` names it."""
+
+    filename: Optional[str]
+
+class ChecksumMismatchError(CorruptDataError):
+    """A stored checksum does not match the data; ``filename`` names the shard."""
+
+class DataChangedError(VantixError):
+    """A file of an open dataset changed on disk; ``filename`` names it."""
+
+    filename: Optional[str]
+
+class BadImageError(VantixError):
+    """A source image that strict packing refuses; ``filename`` names it."""
+
+    filename: Optional[str]
 
 @final
 class Dataset:
@@ -83,12 +163,16 @@ class Transform:
         scale: tuple[float, float] = ...,
         ratio: tuple[float, float] = ...,
         center_crop: Optional[tuple[int, int]] = None,
-        hflip: float = 0.0,
+        horizontal_flip: float = 0.0,
+        vertical_flip: float = 0.0,
         mean: Optional[Sequence[float]] = None,
         std: Optional[Sequence[float]] = None,
         dtype: str = "uint8",
         layout: str = "NHWC",
+        channels_last: bool = False,
     ) -> Transform: ...
+    @property
+    def is_identity(self) -> bool: ...
     def validate(self, height: int, width: int, channels: int = 3) -> None: ...
 
 @final
@@ -98,48 +182,63 @@ class Loader:
     def __new__(
         cls,
         dataset: Dataset,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        drop_last: bool,
-        prefetch: int,
-        num_threads: Optional[int],
-        rank: int,
-        world_size: int,
-        drop_remainder: bool,
-        transform: Optional[Transform] = None,
+        batch_size: int = ...,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        prefetch: int = ...,
+        num_threads: Optional[int] = None,
+        rank: int = 0,
+        world_size: int = 1,
+        ddp_remainder: str = "pad",
+        augment: Optional[Transform] = None,
         order: str = "random",
-        block_size: int = 256,
-        block_window: int = 16,
+        block_size: int = ...,
+        block_window: int = ...,
         indices: Optional[Sequence[int]] = None,
         allocator: Optional[Callable[[int], Any]] = None,
         verify: Optional[str] = None,
+        consumer_batches: int = 0,
+        readahead: Optional[int] = None,
     ) -> Loader: ...
     def __len__(self) -> int: ...
     def epoch_indices(
         self,
         epoch: int,
-        start: int = 0,
+        samples_seen: int = 0,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
     ) -> npt.NDArray[np.int64]: ...
     def num_batches_from(
-        self, start: int, rank: Optional[int] = None, world_size: Optional[int] = None
+        self, samples_seen: int, rank: Optional[int] = None, world_size: Optional[int] = None
+    ) -> int: ...
+    def samples_seen_after(
+        self, samples_seen: int, batches: int, world_size: Optional[int] = None
     ) -> int: ...
     def iter_epoch(
-        self, epoch: int, start: int, rank: Optional[int] = None, world_size: Optional[int] = None
+        self,
+        epoch: int,
+        samples_seen: int,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
     ) -> EpochIterator: ...
     @property
     def num_threads(self) -> int: ...
+    @property
+    def order(self) -> str: ...
+    @property
+    def readahead(self) -> int: ...
+    def memory_fit(self) -> dict[str, Any]: ...
     def transform_params(self, epoch: int, index: int) -> tuple[int, int, int, int, bool]: ...
     def batch_shape(self, n: int) -> list[int]: ...
     def free_buffers(self) -> int: ...
-    def resume_key(self) -> str: ...
+    def resume_key(self, augment: Optional[Transform] = None) -> str: ...
 
 @final
 class EpochIterator:
-    """One epoch of ``(images, labels, indices)``; images ``[B, H, W, C]`` uint8 without a
-    transform, else in the transform's layout and dtype."""
+    """One epoch of ``(images, labels, indices)``; images ``[B, H, W, C]`` uint8 without
+    augmentation, else in its layout (channels-last: an NCHW-shaped view of NHWC memory) and
+    dtype."""
 
     def __iter__(
         self,
@@ -164,7 +263,7 @@ def pack(
     progress: bool,
     max_pixels: int,
     exact_decode: bool = False,
-    filter: str = "up",
+    filter: str = ...,
     part: Optional[tuple[int, int]] = None,
     channels: int = 3,
     exif_orientation: bool = False,
@@ -192,6 +291,16 @@ def train_val_split(
     labels: Sequence[int], fraction: float, seed: int, stratify: bool
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 def parse_bytes(text: str) -> int: ...
+def memory_fit(dataset: Dataset) -> dict[str, Any]: ...
+
+MEMORY_LIMIT_ENV: str
+
+def pack_defaults() -> dict[str, Any]: ...
+
+DEFAULT_MAX_PIXELS: int
+DEFAULT_SHARD_SIZE: int
+DEFAULT_MAX_FILE_SIZE: int
+
 def write_contact_sheet(
     images: npt.NDArray[np.uint8],
     captions: Sequence[str],

@@ -7,7 +7,6 @@ import os
 import threading
 import warnings
 import weakref
-from collections import deque
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -187,7 +186,7 @@ class VantixDataset:
         )
         pinned = state.get("identity")
         if pinned is not None and pinned != self.identity:
-            raise _native.VantixError(
+            raise _native.DataChangedError(
                 f"{self.path}: the path now holds another dataset (identity {self.identity}, "
                 f"the pickled dataset was {pinned}): it was repacked or replaced after the "
                 "dataset was pickled; refusing to serve other images under the same indices"
@@ -202,20 +201,20 @@ class VantixDataset:
 
 
 def _verify_arg(verify: Any) -> Optional[str]:
-    """``None``, ``"shard"`` or ``"record"`` (``"none"`` and ``False`` mean ``None``)."""
+    """``None`` (also for ``"none"`` and ``False``) or the name Rust parses (``"shard"``,
+    ``"record"``)."""
     if verify is None or verify is False or verify == "none":
         return None
-    if verify in ("shard", "record"):
-        return str(verify)
-    raise _native.VantixError(f"verify must be None, 'shard' or 'record', got {verify!r}")
+    if not isinstance(verify, str):
+        raise _ArgumentTypeError(f"verify must be None, 'shard' or 'record', got {verify!r}")
+    return verify
 
 
-class _ArgumentValueError(_native.VantixError, ValueError):
-    """An option with a value out of range (a ``VantixError`` and a ``ValueError``)."""
-
-
-class _ArgumentTypeError(_native.VantixError, TypeError):
-    """An option of the wrong type (a ``VantixError`` and a ``TypeError``)."""
+# The public classes (docs/ERRORS.md) under the names the checks below raise.
+#: An option with a value out of range: ``vantix.VantixValueError`` (a ``ValueError``).
+_ArgumentValueError = _native.VantixValueError
+#: An option of the wrong type: ``vantix.VantixTypeError`` (a ``TypeError``).
+_ArgumentTypeError = _native.VantixTypeError
 
 
 #: Largest value of an integer option (the native side takes 64-bit integers).
@@ -290,7 +289,7 @@ def _env_int(name: str) -> Optional[int]:
     try:
         return int(value)
     except ValueError:
-        raise _native.VantixError(
+        raise _ArgumentValueError(
             f"the environment variable {name}={value!r} is not an integer"
         ) from None
 
@@ -330,11 +329,21 @@ def _resolve_partition(rank: Optional[int], world_size: Optional[int]) -> tuple[
             "torch.distributed.init_process_group() before iterating."
         )
     if not (world_size >= 1 and 0 <= rank < world_size):
-        raise _native.VantixError(f"rank {rank} is not valid for world_size {world_size}")
+        raise _ArgumentValueError(f"rank {rank} is not valid for world_size {world_size}")
     return rank, world_size
 
 
-_OUT_DTYPES = ("uint8", "float32", "float16")
+def _uint_arg(name: str, value: Any, bits: int = 64) -> int:
+    """``value`` as an int that fits the native unsigned type of ``bits`` bits (see
+    :func:`_integer`); the option's own limits are checked in Rust."""
+    return _index_arg(name, value, 0, 2**bits - 1)
+
+
+def _str_arg(name: str, value: Any) -> str:
+    """``value`` if it is a ``str`` (the native side parses it and lists the choices)."""
+    if not isinstance(value, str):
+        raise _ArgumentTypeError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+    return value
 
 
 def _size_arg(name: str, value: Any) -> Optional[tuple[int, int]]:
@@ -346,64 +355,67 @@ def _size_arg(name: str, value: Any) -> Optional[tuple[int, int]]:
     elif isinstance(value, (tuple, list)) and len(value) in (1, 2):
         size = tuple(value) * (3 - len(value))
     else:
-        raise _native.VantixError(f"{name} must be an int or (height, width), got {value!r}")
+        raise _ArgumentTypeError(f"{name} must be an int or (height, width), got {value!r}")
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size):
-        raise _native.VantixError(f"{name} must be an int or (height, width), got {value!r}")
-    if min(size) < 1:
-        raise _native.VantixError(f"{name} must be at least 1 pixel per side, got {value!r}")
-    return int(size[0]), int(size[1])
+        raise _ArgumentTypeError(f"{name} must be an int or (height, width), got {value!r}")
+    h, w = (_uint_arg(f"{name} (height, width)", v, 32) for v in size)
+    return h, w
 
 
 def _range_arg(name: str, value: Any) -> tuple[float, float]:
+    """``(low, high)`` as two floats (their values are checked in Rust)."""
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise _native.VantixError(f"{name} must be a pair (low, high), got {value!r}") from None
-    if not 0 < low <= high < float("inf"):
-        raise _native.VantixError(f"{name} must be (low, high) with 0 < low <= high, got {value!r}")
+        raise _ArgumentTypeError(f"{name} must be a pair (low, high), got {value!r}") from None
     return low, high
 
 
-#: Channel names of each packed channel count, as the manifest's ``channel_order``.
-_CHANNEL_ORDER = {1: "L", 3: "RGB", 4: "RGBA"}
+def _float_arg(name: str, value: Any, what: str) -> float:
+    """``value`` as a float; ``what`` says what it must be."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _ArgumentTypeError(f"{name} is {what}, got {value!r}") from None
 
 
-def _channels_arg(name: str, value: Any, channels: int = 3) -> list[float]:
-    """One number per channel of the packed images (a single number is used for all)."""
+def _channels_arg(name: str, value: Any, channels: int) -> Optional[list[float]]:
+    """``None``, or one float per channel of the packed images: a single number is used for
+    every channel (Rust checks the count and the values)."""
+    if value is None:
+        return None
     try:
         values = [float(v) for v in np.atleast_1d(np.asarray(value, dtype=np.float64))]
     except (TypeError, ValueError):
-        values = []
-    if len(values) == 1:
-        values *= channels
-    if len(values) != channels or not all(np.isfinite(values)):
-        order = ", ".join(_CHANNEL_ORDER.get(channels, "?" * channels))
-        raise _native.VantixError(
-            f"{name} must be {channels} finite number{'s' if channels > 1 else ''}, one per "
-            f"channel of the packed images ({order}), or a single number for all; got {value!r}"
-        )
-    return values
+        raise _ArgumentTypeError(
+            f"{name} must be a number or a sequence of numbers, one per channel; got {value!r}"
+        ) from None
+    return values * channels if len(values) == 1 else values
 
 
 def _dtype_arg(dtype: Any) -> str:
-    """``"uint8"``, ``"float32"`` or ``"float16"`` from a name, a numpy or a torch dtype."""
+    """The name of ``dtype`` (a name, a numpy or a torch dtype), which Rust parses."""
     torch = _torch()
-    name: Optional[str] = None
     if torch is not None and isinstance(dtype, torch.dtype):
-        name = {torch.uint8: "uint8", torch.float32: "float32", torch.float16: "float16"}.get(dtype)
-    else:
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:
-            name = None
-    if name not in _OUT_DTYPES:
-        raise _native.VantixError(
-            f"dtype must be uint8, float32 or float16 (a name, numpy or torch dtype), got {dtype!r}"
-        )
-    return name
+        names = {
+            torch.uint8: "uint8",
+            torch.float32: "float32",
+            torch.float16: "float16",
+            torch.bfloat16: "bfloat16",
+        }
+        return names.get(dtype, str(dtype))
+    try:
+        return str(np.dtype(dtype).name)
+    except TypeError:
+        return str(dtype)
 
 
-def _make_transform(
+def _bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16, numpy has no bfloat16) as the float32 values they are."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def _make_augment(
     random_crop: Any,
     padding: Any,
     random_resized_crop: Any,
@@ -411,80 +423,30 @@ def _make_transform(
     ratio: Any,
     center_crop: Any,
     horizontal_flip: Any,
+    vertical_flip: Any,
     mean: Any,
     std: Any,
     dtype: Any,
     layout: Any,
-    channels_last: bool,
+    channels_last: Any,
     channels: int = 3,
 ) -> Any:
-    """The native transform for :class:`VantixLoader`'s options (``None``: plain batches)."""
-    sizes = {
-        "random_crop": _size_arg("random_crop", random_crop),
-        "random_resized_crop": _size_arg("random_resized_crop", random_resized_crop),
-        "center_crop": _size_arg("center_crop", center_crop),
-    }
-    given = [k for k, v in sizes.items() if v is not None]
-    if len(given) > 1:
-        raise _native.VantixError(
-            f"give at most one of random_crop, random_resized_crop and center_crop, got {given}"
-        )
-    if not isinstance(padding, (int, np.integer)) or isinstance(padding, bool) or padding < 0:
-        raise _native.VantixError(f"padding must be an int >= 0, got {padding!r}")
-    if padding and sizes["random_crop"] is None:
-        raise _native.VantixError("padding is only used with random_crop")
-    try:
-        p = float(horizontal_flip)
-    except (TypeError, ValueError):
-        p = float("nan")
-    if not 0.0 <= p <= 1.0:
-        raise _native.VantixError(
-            f"horizontal_flip is a probability in [0, 1], got {horizontal_flip!r}"
-        )
-    if (mean is None) != (std is None):
-        raise _native.VantixError("give both mean and std (Normalize), or neither")
-    dtype_name = _dtype_arg(dtype)
-    scale, ratio = _range_arg("scale", scale), _range_arg("ratio", ratio)
-    norm = None
-    if mean is not None:
-        norm = (_channels_arg("mean", mean, channels), _channels_arg("std", std, channels))
-        if 0.0 in norm[1]:
-            raise _native.VantixError(f"std must not contain 0, got {std!r}")
-        if dtype_name == "uint8":
-            raise _native.VantixError(
-                "mean/std normalisation needs dtype float32 or float16 (uint8 output is the raw "
-                "pixel values)"
-            )
-    layout_name = str(layout).upper()
-    if layout_name not in ("NHWC", "NCHW"):
-        raise _native.VantixError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
-    if channels_last and layout_name != "NCHW":
-        raise _native.VantixError(
-            "channels_last=True gives NCHW-shaped batches in channels-last memory: "
-            "use it with layout='NCHW'"
-        )
-    native_layout = "NHWC" if channels_last else layout_name
-    plain = (
-        not given
-        and p == 0.0
-        and norm is None
-        and dtype_name == "uint8"
-        and native_layout == "NHWC"
-    )
-    if plain:
-        return None
+    """The native augmentation for :class:`VantixLoader`'s options: Python types adapted to
+    the native ones, every value checked in Rust (``Transform::validate``)."""
     return _native.Transform(
-        random_crop=sizes["random_crop"],
-        padding=int(padding),
-        random_resized_crop=sizes["random_resized_crop"],
-        scale=scale,
-        ratio=ratio,
-        center_crop=sizes["center_crop"],
-        hflip=p,
-        mean=None if norm is None else norm[0],
-        std=None if norm is None else norm[1],
-        dtype=dtype_name,
-        layout=native_layout,
+        random_crop=_size_arg("random_crop", random_crop),
+        padding=_uint_arg("padding", padding, 32),
+        random_resized_crop=_size_arg("random_resized_crop", random_resized_crop),
+        scale=_range_arg("scale", scale),
+        ratio=_range_arg("ratio", ratio),
+        center_crop=_size_arg("center_crop", center_crop),
+        horizontal_flip=_float_arg("horizontal_flip", horizontal_flip, "a probability in [0, 1]"),
+        vertical_flip=_float_arg("vertical_flip", vertical_flip, "a probability in [0, 1]"),
+        mean=_channels_arg("mean", mean, channels),
+        std=_channels_arg("std", std, channels),
+        dtype=_dtype_arg(dtype),
+        layout=str(layout),
+        channels_last=bool(channels_last),
     )
 
 
@@ -505,9 +467,9 @@ def _device_arg(device: Any, pin_memory: bool) -> tuple[Any, bool]:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise _native.VantixError(f"invalid device {device!r}: {e}") from None
+        raise _ArgumentValueError(f"invalid device {device!r}: {e}") from None
     if dev.type != "cuda":
-        raise _native.VantixError(f"device must be 'cpu' or a CUDA device, got {device!r}")
+        raise _ArgumentValueError(f"device must be 'cpu' or a CUDA device, got {device!r}")
     if not torch.cuda.is_available():
         raise _native.VantixError(
             f"device={device!r} was asked for, but CUDA is not available "
@@ -549,10 +511,43 @@ def train_val_split(
         val = VantixLoader("train.vtx", indices=val_idx, shuffle=False)
     """
     if not 0.0 <= float(val_fraction) <= 1.0:
-        raise _native.VantixError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
+        raise _ArgumentValueError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
     ds = dataset if isinstance(dataset, VantixDataset) else VantixDataset(dataset)
     seed = _index_arg("seed", seed, 0, 2**64 - 1)
     return _native.train_val_split(ds.targets, float(val_fraction), seed, bool(stratify))
+
+
+def _readahead_arg(value: Any) -> Optional[int]:
+    """``None`` (the default), or bytes: an int, or a size such as ``"256M"`` (0 is allowed);
+    Rust checks the range."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return 0 if value.strip() == "0" else int(_native.parse_bytes(value))
+    return _uint_arg("readahead", value)
+
+
+class DataLargerThanMemoryWarning(RuntimeWarning):
+    """A :class:`VantixLoader` shuffles fully (``order="random"``) over a dataset larger than
+    the memory this process can use: every epoch is then read from disk. The message gives
+    the numbers and the choices (a zstd pack, ``order="block"`` or ``"auto"``, more memory);
+    it is issued once per process and dataset. ``VANTIX_MEMORY_LIMIT`` (bytes) lowers the
+    memory figure, to plan for a smaller machine."""
+
+
+#: Identities of the datasets already warned about in this process.
+_WARNED_LARGER: set[str] = set()
+
+
+def _warn_if_larger_than_memory(dataset: VantixDataset, loader: Any) -> None:
+    """Warn once per dataset (:class:`DataLargerThanMemoryWarning`) when it does not fit in the
+    memory the native ``loader`` leaves beside its batch buffers."""
+    if dataset.identity in _WARNED_LARGER:
+        return
+    fit = loader.memory_fit()
+    if not fit["fits"]:
+        _WARNED_LARGER.add(dataset.identity)
+        warnings.warn(fit["message"], DataLargerThanMemoryWarning, stacklevel=3)
 
 
 class VantixLoader:
@@ -609,6 +604,8 @@ class VantixLoader:
             (zero padding where the crop is larger than the image). At most one of
             ``random_crop``, ``random_resized_crop`` and ``center_crop``.
         horizontal_flip: probability of a horizontal flip (``RandomHorizontalFlip(p)``).
+        vertical_flip: probability of a vertical flip (``RandomVerticalFlip(p)``), drawn after
+            the horizontal one; both flip the crop (after its resize).
         mean: ``Normalize``'s mean per channel on the 0-1 scale: one number per packed channel
             (3 for RGB, 1 for grey, 4 for RGBA; a single number is used for every channel);
             needs ``std`` and a float ``dtype``. There is no default: without ``mean``/``std``
@@ -616,9 +613,11 @@ class VantixLoader:
             never applied implicitly), and a wrong count is a ``VantixError``.
         std: ``Normalize``'s std per channel on the 0-1 scale (one non-zero number per packed
             channel, or a single number for all).
-        dtype: ``"uint8"`` (pixel values), ``"float32"`` or ``"float16"`` (also a numpy or torch
-            dtype). Float output is ``ToTensor()``'s ``x / 255``, then ``(x - mean) / std``
-            with ``mean``/``std``, computed in float32 (float16 rounds that value).
+        dtype: ``"uint8"`` (pixel values), ``"float32"``, ``"float16"`` or ``"bfloat16"``
+            (also a numpy or torch dtype; ``bfloat16`` needs torch, numpy has no such type).
+            Float output is ``ToTensor()``'s ``x / 255``, then ``(x - mean) / std`` with
+            ``mean``/``std``, computed in float32 (float16 and bfloat16 round that value to
+            nearest even).
         layout: ``"NHWC"`` (``[B, H, W, C]``, the packed layout) or ``"NCHW"``
             (``[B, C, H, W]``, contiguous channel planes).
         channels_last: with ``layout="NCHW"``, assemble NHWC and return it as an NCHW-shaped
@@ -627,20 +626,47 @@ class VantixLoader:
         indices: draw only from these dataset indices (e.g. one side of
             :func:`train_val_split`), as ``SubsetRandomSampler`` does; the permutation is over
             this list.
-        order: with ``shuffle``, ``"random"`` (a full permutation, the default) or
-            ``"block"`` for data larger than RAM: blocks of ``block_size`` neighbouring records
-            are shuffled, and samples are shuffled within each group of ``block_window``
-            blocks, so reads are large and nearly sequential (and the kernel is asked to read
-            the next batch ahead). The price: a sample only mixes with the
-            ``block_size * block_window`` samples of its group in each epoch.
-        block_size: records per block for ``order="block"``.
-        block_window: blocks shuffled together for ``order="block"``.
+        order: with ``shuffle``, ``"random"`` (a full permutation, the default), ``"block"``
+            for data larger than RAM, or ``"auto"``. ``"block"``: blocks of ``block_size``
+            neighbouring records are shuffled, and samples are shuffled within each group of
+            ``block_window`` blocks, so reads are large and nearly sequential. The price: a
+            sample only mixes with the ``block_size * block_window`` samples of its group in
+            each epoch (4,096 by default), and batches hold samples of a few regions of the
+            pack (a pack is in class order, so a batch sees few classes). ``"auto"``: block
+            order when the dataset does not fit in the memory this process can use
+            (``MemAvailable``, the memory cgroup's limit, ``VANTIX_MEMORY_LIMIT``), a full
+            shuffle when it does; decided once, when the loader is built, and shown by
+            :attr:`resolved_order`. ``"random"`` stays the default so that results never
+            depend on the machine's memory (``docs/TRADEOFFS.md``, "Data larger than RAM").
+        block_size: records per block for ``order="block"`` (and ``"auto"``).
+        block_window: blocks shuffled together for ``order="block"`` (and ``"auto"``).
+        readahead: bytes of the coming batches' records the background thread asks the kernel
+            to read from disk ahead of the copy (``madvise(MADV_WILLNEED)``), an int or a size
+            such as ``"256M"``. Default (``None``): none when the dataset fits in the memory
+            this process can use (its pages stay cached after the first epoch), else four
+            batches' worth, at least 64 MiB, at most 1 GiB and a quarter of the usable memory;
+            ``0`` turns the hints off (the kernel's own readahead). With readahead on, a full
+            shuffle also keeps a fixed resident set cached (the first samples, three quarters
+            of the usable memory) and gives the pages of every other record back to the kernel
+            once copied (``MADV_PAGEOUT``), so that page reads never wait for reclaim. It
+            changes only speed when the data is not in the page cache, never the batches. See
+            :attr:`readahead`.
         pin_memory: assemble batches directly into page-locked memory allocated by torch (no
             extra copy), for fast asynchronous copies to a GPU. Without CUDA it warns and does
             nothing, as ``DataLoader`` does.
-        device: ``"cuda"`` (or ``"cuda:N"``, a ``torch.device``): return batches on that GPU,
-            copied from pinned memory with ``non_blocking=True``; a host buffer is refilled only
-            after its copy has finished. ``VantixError`` when CUDA is not available.
+        device: ``"cuda"`` (or ``"cuda:N"``, a ``torch.device``): return batches on that GPU.
+            Batches are assembled in pinned memory and copied ahead on a dedicated CUDA stream
+            while the model computes on the previous one; the consumer's stream waits on an
+            event before it uses a batch, and a host buffer is refilled only after its copy has
+            finished. ``VantixError`` when CUDA is not available.
+        device_prefetch: with ``device``, batches copied (and converted) to the GPU ahead of
+            the one being consumed, at least 1.
+        convert_on_device: with ``device``, assemble uint8 in Rust (crops and flips) and do
+            the float conversion, ``mean``/``std``, layout and dtype on the GPU (the default):
+            a quarter of float32's bytes cross PCIe and the CPU does no float work. The values
+            equal the CPU path's (the same float32 operations, in the same order; see
+            ``docs/GPU.md`` for the bound). ``False`` converts on the CPU, in Rust, as without
+            ``device``.
         verify: checksums checked before a batch is served, for data you do not trust (a copy
             over a flaky network, a disk with errors): ``None`` (the default: lengths and
             offsets are validated at open, checksums only by ``vantix.verify``), ``"shard"``
@@ -670,11 +696,11 @@ class VantixLoader:
         loader = VantixLoader("train.vtx", batch_size=256, shuffle=True,
                               random_resized_crop=224, horizontal_flip=0.5,
                               mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                              dtype="float32", layout="NCHW")
+                              dtype="float32", layout="NCHW", device="cuda")
         loader.preview("batch.png")       # look at the first batch after augmentation
         for epoch in range(90):           # every pass is the next epoch (a new permutation)
-            for images, labels in loader: # float32 [B, 3, 224, 224], int64 [B]
-                loss = criterion(model(images.cuda(non_blocking=True)), labels.cuda())
+            for images, labels in loader: # float32 [B, 3, 224, 224], int64 [B], on the GPU
+                loss = criterion(model(images), labels)
                 ...
             torch.save({"loader": loader.state_dict(), ...}, "ckpt.pt")  # exact resume
     """
@@ -682,11 +708,11 @@ class VantixLoader:
     def __init__(
         self,
         path: Union[PathLike, VantixDataset],
-        batch_size: int = 256,
+        batch_size: int = _native.DEFAULT_BATCH_SIZE,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
-        prefetch: int = 3,
+        prefetch: int = _native.DEFAULT_PREFETCH,
         num_threads: Optional[int] = None,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
@@ -694,10 +720,11 @@ class VantixLoader:
         random_crop: Union[int, tuple[int, int], None] = None,
         padding: int = 0,
         random_resized_crop: Union[int, tuple[int, int], None] = None,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        scale: tuple[float, float] = _native.DEFAULT_SCALE,
+        ratio: tuple[float, float] = _native.DEFAULT_RATIO,
         center_crop: Union[int, tuple[int, int], None] = None,
         horizontal_flip: float = 0.0,
+        vertical_flip: float = 0.0,
         mean: Union[float, Sequence[float], None] = None,
         std: Union[float, Sequence[float], None] = None,
         dtype: Any = "uint8",
@@ -705,45 +732,42 @@ class VantixLoader:
         channels_last: bool = False,
         indices: Optional[Sequence[int]] = None,
         order: str = "random",
-        block_size: int = 256,
-        block_window: int = 16,
+        block_size: int = _native.DEFAULT_BLOCK_SIZE,
+        block_window: int = _native.DEFAULT_BLOCK_WINDOW,
+        readahead: Union[int, str, None] = None,
         pin_memory: bool = False,
         device: Any = None,
+        device_prefetch: int = 2,
+        convert_on_device: bool = True,
         verify: Optional[str] = None,
     ) -> None:
         # What pickling keeps: the options as given (rank and world size are resolved anew).
         self._init_args = {k: v for k, v in locals().items() if k != "self"}
         self._native: Any = None  # set last: a loader that failed to build is closed
-        self._iterators: weakref.WeakSet[_BatchIterator] = weakref.WeakSet()
-        self.verify = _verify_arg(verify)
+        self._iterators: weakref.WeakSet[_EpochIterator] = weakref.WeakSet()
+        # Python adapts types (ints, bools, torch dtypes, sizes, arrays); Rust checks every
+        # value (LoaderConfig::validate, Transform::validate) when the native loader is built.
+        self.verify_mode = _verify_arg(verify)
         self.dataset = path if isinstance(path, VantixDataset) else VantixDataset(path)
-        batch_size = _index_arg("batch_size", batch_size, 1)
-        prefetch = _index_arg("prefetch", prefetch, 1)
-        seed = _index_arg("seed", seed, 0, 2**64 - 1)
-        num_threads = _optional_index_arg("num_threads", num_threads, 1, 65536)
-        shuffle, drop_last = _bool_arg("shuffle", shuffle), _bool_arg("drop_last", drop_last)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.prefetch = prefetch
-        self.num_threads = num_threads
+        self.batch_size = batch_size = _uint_arg("batch_size", batch_size)
+        self.shuffle = shuffle = _bool_arg("shuffle", shuffle)
+        self.seed = seed = _uint_arg("seed", seed)
+        self.drop_last = drop_last = _bool_arg("drop_last", drop_last)
+        self.prefetch = prefetch = _uint_arg("prefetch", prefetch)
+        self.num_threads = num_threads = (
+            None if num_threads is None else _uint_arg("num_threads", num_threads)
+        )
         # Rank and world size are resolved when a pass starts (and for len()): launchers such
         # as Lightning's start the other ranks, and set their environment, after this runs.
-        rank = _optional_index_arg("rank", rank, 0)
-        world_size = _optional_index_arg("world_size", world_size, 1)
-        if world_size is not None and rank is not None and not rank < world_size:
-            raise _ArgumentValueError(f"rank {rank} is not valid for world_size {world_size}")
+        # What is given is checked now (by the native loader, as its partition).
+        rank = None if rank is None else _uint_arg("rank", rank)
+        world_size = None if world_size is None else _uint_arg("world_size", world_size)
         self._rank_arg, self._world_size_arg = rank, world_size
-        if ddp_remainder not in ("pad", "drop"):
-            raise _native.VantixError(
-                f"ddp_remainder must be 'pad' or 'drop', got {ddp_remainder!r}"
-            )
-        self.ddp_remainder = ddp_remainder
+        self.ddp_remainder = _str_arg("ddp_remainder", ddp_remainder)
         self.channels_last = bool(channels_last)
         self.mean, self.std = mean, std
         self.layout = str(layout).upper()
-        self._transform = _make_transform(
+        crops = (
             random_crop,
             padding,
             random_resized_crop,
@@ -751,40 +775,73 @@ class VantixLoader:
             ratio,
             center_crop,
             horizontal_flip,
-            mean,
-            std,
-            dtype,
-            layout,
-            self.channels_last,
-            self.dataset.shape[2],
+            vertical_flip,
         )
-        if order not in ("random", "block"):
-            raise _native.VantixError(f"order must be 'random' or 'block', got {order!r}")
-        block_size = _index_arg("block_size", block_size, 1)
-        block_window = _index_arg("block_window", block_window, 1)
-        self.order = order
+        channels = self.dataset.shape[2]
+        self._dtype = _dtype_arg(dtype)
+        self._augment = _make_augment(
+            *crops, mean, std, self._dtype, layout, self.channels_last, channels
+        )
+        if self._dtype == "bfloat16" and _torch() is None:
+            raise _native.VantixError("dtype='bfloat16' needs torch (numpy has no bfloat16)")
+        self.order = _str_arg("order", order)
         self.indices = None if indices is None else _indices_arg("indices", indices)
         self.device, self.pin_memory = _device_arg(device, pin_memory)
+        self.device_prefetch = _uint_arg("device_prefetch", device_prefetch)
+        if self.device_prefetch < 1:
+            raise _ArgumentValueError(f"device_prefetch must be at least 1, got {device_prefetch}")
+        self.convert_on_device = _bool_arg("convert_on_device", convert_on_device)
+        # With a device and convert_on_device, Rust assembles uint8 NHWC (crops and flips) and
+        # DeviceConversion does the rest where the batch lands. The options asked for stay in
+        # `_key_augment` (checked in Rust now, and keyed by the resume state, so a checkpoint
+        # resumes whichever side converts).
+        self._key_augment: Any = None
+        self._conversion: Any = None
+        if self.device is not None and self.convert_on_device:
+            if self._dtype != "uint8" or self.layout != "NHWC":
+                from ._device import DeviceConversion
+
+                # The native loader checks only the uint8 augmentation it is given.
+                h, w, _c = self.dataset.shape
+                self._augment.validate(h, w, channels)
+                self._key_augment = self._augment
+                self._conversion = DeviceConversion(
+                    self._dtype,
+                    "channels_last" if self.channels_last else self.layout,
+                    _channels_arg("mean", mean, channels),
+                    _channels_arg("std", std, channels),
+                )
+                self._augment = _make_augment(*crops, None, None, "uint8", "NHWC", False, channels)
+        # Rust serves bfloat16 as its bit patterns (uint16): seen as torch.bfloat16 here.
+        self._bfloat16_bits = self._dtype == "bfloat16" and self._conversion is None
         allocator = _pinned_allocator() if self.pin_memory else None
         self._native = _native.Loader(
             self.dataset._native,
-            batch_size,
-            shuffle,
-            seed,
-            drop_last,
-            prefetch,
-            num_threads,
-            0,
-            1,
-            ddp_remainder == "drop",
-            transform=self._transform,
-            order=order,
-            block_size=block_size,
-            block_window=block_window,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            prefetch=prefetch,
+            num_threads=num_threads,
+            rank=0 if rank is None or world_size is None else rank,
+            world_size=1 if world_size is None else world_size,
+            ddp_remainder=self.ddp_remainder,
+            augment=self._augment,
+            order=self.order,
+            block_size=_uint_arg("block_size", block_size),
+            block_window=_uint_arg("block_window", block_window),
             indices=None if self.indices is None else self.indices.tolist(),
             allocator=allocator,
-            verify=self.verify,
+            verify=self.verify_mode,
+            # A device feeder holds up to device_prefetch + 1 host batches while they copy.
+            consumer_batches=0 if self.device is None else self.device_prefetch + 1,
+            readahead=_readahead_arg(readahead),
         )
+        #: The order epochs follow: ``order`` with ``"auto"`` resolved (``"random"``,
+        #: ``"block"``, or ``"sequential"`` without ``shuffle``).
+        self.resolved_order: str = self._native.order
+        if self.resolved_order == "random":
+            _warn_if_larger_than_memory(self.dataset, self._native)
         # Where the next pass starts: its epoch and the samples of it already consumed by all
         # ranks (set by load_state_dict). A pass moves them on only when it is complete (see
         # __iter__); `_progress` is the latest pass, read by state_dict while it runs.
@@ -794,6 +851,23 @@ class VantixLoader:
         self._warned_repeat = False
         self._epoch_chosen = False
         self.sampler = _EpochSampler(self)
+
+    @property
+    def readahead(self) -> int:
+        """Bytes of the coming batches a pass asks the kernel to read ahead (``readahead=``
+        resolved; 0: none)."""
+        return int(self._open_native().readahead)
+
+    @property
+    def verify(self) -> Optional[str]:
+        """Deprecated spelling of :attr:`verify_mode` (``loader.verify`` read like the method
+        ``VantixDataset.verify()``)."""
+        warnings.warn(
+            "VantixLoader.verify is deprecated: use verify_mode (as on VantixDataset)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.verify_mode
 
     def _open_native(self) -> Any:
         """The native loader; ``VantixError`` once the loader is closed."""
@@ -900,7 +974,7 @@ class VantixLoader:
         """Images in the dataset (all ranks)."""
         return self.dataset.num_samples
 
-    def __iter__(self) -> _BatchIterator:
+    def __iter__(self) -> _EpochIterator:
         """A pass over the next epoch: an iterator over its ``(images, labels)`` batches.
 
         The epoch rule (``docs/DISTRIBUTED.md``): a pass serves :attr:`epoch` (from where
@@ -945,7 +1019,14 @@ class VantixLoader:
         def start_pass() -> Any:
             return loader.iter_epoch(epoch, start, rank, world)
 
-        it = _BatchIterator(start_pass, progress, self.channels_last, self.device)
+        it = _EpochIterator(
+            start_pass,
+            progress,
+            self.device,
+            self._conversion,
+            self.device_prefetch,
+            self._bfloat16_bits,
+        )
         self._iterators.add(it)
         if total == 0:
             progress.finish()
@@ -994,14 +1075,19 @@ class VantixLoader:
         finally:
             it.close()
         k = len(indices) if num is None else max(1, int(num))
+        if self._bfloat16_bits:
+            images = _bfloat16_bits_to_float32(images)
+        # Batches assembled for a conversion on the device are still uint8 NHWC here.
+        normalised = images.dtype != np.uint8
+        layout = "NHWC" if self._conversion is not None else self.layout
         save_batch_grid(
             images[:k],
             labels[:k],
             path,
             classes=self.classes,
-            mean=self.mean,
-            std=self.std,
-            layout="NHWC" if self.channels_last else self.layout,
+            mean=self.mean if normalised else None,
+            std=self.std if normalised else None,
+            layout=layout,
             columns=columns,
             scale=scale,
         )
@@ -1013,7 +1099,7 @@ class VantixLoader:
         order with block settings, indices, augmentation and output options)."""
         key: Optional[str] = self.__dict__.get("_resume_key")
         if key is None:
-            key = self._resume_key = self._open_native().resume_key()
+            key = self._resume_key = self._open_native().resume_key(self._key_augment)
         return key
 
     def _position(self) -> tuple[int, int]:
@@ -1021,7 +1107,8 @@ class VantixLoader:
         where the next pass starts (an abandoned pass leaves no trace, see :meth:`__iter__`)."""
         p = self._progress
         if p is not None and p.running:
-            return p.epoch, p.start + p.batches * self.batch_size * p.world_size
+            seen = self._open_native().samples_seen_after(p.start, p.batches, p.world_size)
+            return p.epoch, int(seen)
         return self._epoch, self._resume_start
 
     def state_dict(self) -> dict[str, Any]:
@@ -1053,6 +1140,7 @@ class VantixLoader:
             "world_size": world,
             "drop_last": self.drop_last,
             "ddp_remainder": self.ddp_remainder,
+            "order": self.resolved_order,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1069,35 +1157,51 @@ class VantixLoader:
         seen exactly once (plus the usual ``ddp_remainder`` padding at the end).
 
         Raises:
-            VantixError: the state comes from another dataset, seed or shuffle setting, whose
-                permutation would differ.
+            VantixError: the state comes from another dataset, seed or shuffle setting, or a
+                loader that read in another order (also ``order="auto"`` resolved otherwise on
+                another machine: ``state["order"]`` is the order it took), whose permutation
+                would differ.
         """
         try:
             version, epoch, seen = state["version"], state["epoch"], state["samples_seen"]
         except (KeyError, TypeError) as e:
-            raise _native.VantixError(f"not a VantixLoader state_dict: missing {e}") from None
+            raise _ArgumentValueError(f"not a VantixLoader state_dict: missing {e}") from None
         if version != 1:
-            raise _native.VantixError(f"unsupported state_dict version {version!r}")
+            raise _ArgumentValueError(f"unsupported state_dict version {version!r}")
         if state.get("dataset") != self.dataset.identity:
-            raise _native.VantixError(
+            raise _ArgumentValueError(
                 f"cannot resume: the state_dict comes from another dataset (identity "
                 f"{state.get('dataset')!r}, this loader reads {self.dataset.path!r}, identity "
                 f"{self.dataset.identity!r})"
             )
         for key in ("seed", "shuffle", "num_samples"):
             if state.get(key) != getattr(self, key):
-                raise _native.VantixError(
+                raise _ArgumentValueError(
                     f"cannot resume: state_dict has {key}={state.get(key)!r} but this loader has "
                     f"{key}={getattr(self, key)!r}; the epoch's permutation would differ"
                 )
+        saved_order = state.get("order", self.resolved_order)
+        if saved_order != self.resolved_order:
+            how = (
+                f" (order='auto' resolved to {self.resolved_order!r} here, from this machine's "
+                "memory)"
+                if self.order == "auto"
+                else ""
+            )
+            raise _ArgumentValueError(
+                f"cannot resume: the state_dict was saved by a loader reading in "
+                f"{saved_order!r} order, this loader reads in {self.resolved_order!r} "
+                f"order{how}; the epoch's permutation would differ. Pass order={saved_order!r} "
+                "to continue the same epoch"
+            )
         if state.get("sampling") != self._sampling_key():
-            raise _native.VantixError(
+            raise _ArgumentValueError(
                 "cannot resume: the state_dict comes from a loader with other indices, order, "
                 "block_size/block_window or augmentation options (its resume key differs); "
                 "pass the same options to continue the same epoch"
             )
         if not (isinstance(epoch, int) and epoch >= 0 and isinstance(seen, int) and seen >= 0):
-            raise _native.VantixError(f"invalid state_dict position: epoch={epoch}, seen={seen}")
+            raise _ArgumentValueError(f"invalid state_dict position: epoch={epoch}, seen={seen}")
         self._epoch, self._resume_start, self._progress = epoch, seen, None
         self._epoch_chosen = True
 
@@ -1221,26 +1325,30 @@ class _Progress:
         self.running = self.alive = False
 
 
-class _BatchIterator:
-    """One pass of batches. Its prefetch thread starts at the first ``next()``; dropping the
-    iterator (or :meth:`close`) stops it."""
+class _EpochIterator:
+    """One pass of batches (``iter(loader)``; ``vantix_read::EpochIterator`` behind it). Its
+    prefetch thread starts at the first ``next()``; dropping the iterator (or :meth:`close`)
+    stops it."""
 
     def __init__(
         self,
         start: Callable[[], Any],
         progress: _Progress,
-        channels_last: bool = False,
         device: Any = None,
+        conversion: Any = None,
+        device_prefetch: int = 2,
+        bfloat16: bool = False,
     ) -> None:
         self._start: Optional[Callable[[], Any]] = start
         self._native: Any = None
-        self._channels_last = channels_last
         self._progress = progress
         self._device = device
-        # Pinned host batches whose copy to the GPU may still be running, with the CUDA event
-        # that marks its end: a host buffer goes back to the pool (to be refilled by Rust) only
-        # once its copy has finished.
-        self._inflight: deque[tuple[Any, Any]] = deque()
+        self._conversion = conversion
+        self._device_prefetch = device_prefetch
+        self._bfloat16 = bfloat16  # bit patterns from Rust, seen as torch.bfloat16
+        # With a device: the side-stream copier (vantix._device.DeviceFeeder), made at the
+        # first batch; it holds each pinned host batch until its copy has finished.
+        self._feeder: Any = None
         self.epoch = progress.epoch
         self._torch = _torch()
         self._loader_closed = False
@@ -1258,14 +1366,17 @@ class _BatchIterator:
             raise _native.VantixError("the VantixLoader of this iterator was closed")
         if self._closed:
             raise StopIteration
-        if self._native is None:
-            with self._start_lock:  # two threads sharing the iterator start one pass
-                if self._native is None:
-                    if self._start is None:
-                        raise StopIteration
-                    self._native, self._start = self._start(), None
         try:
-            images, labels, _indices = next(self._native)
+            if self._device is None:
+                batch = self._next_host()
+            else:
+                if self._feeder is None:
+                    from ._device import DeviceFeeder
+
+                    self._feeder = DeviceFeeder(
+                        self._host_batches(), self._device, self._conversion, self._device_prefetch
+                    )
+                batch = next(self._feeder)
         except StopIteration:
             self._drain()
             if self._loader_closed:  # closed from another thread while this one waited
@@ -1275,28 +1386,40 @@ class _BatchIterator:
             self._progress.alive = False
             raise
         self._progress.advance()
+        return batch
+
+    def _next_host(self) -> tuple[Any, Any]:
+        """The next batch from Rust, as torch tensors (numpy arrays without torch);
+        StopIteration at the end of the pass."""
+        if self._native is None:
+            with self._start_lock:  # two threads sharing the iterator start one pass
+                if self._native is None:
+                    if self._start is None:
+                        raise StopIteration
+                    self._native, self._start = self._start(), None
+        images, labels, _indices = next(self._native)
         torch = self._torch
         if torch is None:
-            if self._channels_last:
-                images = images.transpose(0, 3, 1, 2)
             return images, labels
+        # channels_last batches come as an NCHW-shaped view of NHWC memory: torch.channels_last.
         images, labels = torch.from_numpy(images), torch.from_numpy(labels)
-        if self._channels_last:  # NHWC memory seen as NCHW: torch.channels_last, no copy
-            images = images.permute(0, 3, 1, 2)
-        if self._device is None:
-            return images, labels
-        on_device = images.to(self._device, non_blocking=True)
-        labels = labels.to(self._device, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record(torch.cuda.current_stream(self._device))
-        self._inflight.append((done, images))
-        while self._inflight and self._inflight[0][0].query():
-            self._inflight.popleft()
-        return on_device, labels
+        if self._bfloat16:
+            images = images.view(torch.bfloat16)
+        return images, labels
+
+    def _host_batches(self) -> Iterator[tuple[Any, Any]]:
+        """The host batches of the pass, for the device feeder."""
+        while True:
+            try:
+                batch = self._next_host()
+            except StopIteration:
+                return
+            yield batch
 
     def _drain(self) -> None:
-        while self._inflight:
-            self._inflight.popleft()[0].synchronize()
+        """Wait for the copies in flight and release their host buffers."""
+        if self._feeder is not None:
+            self._feeder.drain()
 
     def close(self) -> None:
         """Stop the background thread now (from any thread). A pass closed before its end
@@ -1308,7 +1431,8 @@ class _BatchIterator:
         self._closed = True
         self._start = None
         self._progress.abandon()
-        self._drain()
+        if self._feeder is not None:
+            self._feeder.close()  # the batches not handed out; host buffers once copied
         if self._native is not None:
             self._native.close()
 

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+import operator
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Union
 
 from . import _native
+from .data import _ArgumentTypeError, _ArgumentValueError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS * 2``).
-DEFAULT_MAX_PIXELS = 178_956_970
+#: The packer's defaults, from the native module (``PackOptions::default()`` in Rust): the
+#: signatures below show them and state none of their own. Every option is checked in Rust
+#: (``PackOptions::validate``, the same checks as ``vantix-pack``'s); Python only converts types.
+_DEFAULTS: dict[str, Any] = _native.pack_defaults()
+
+#: Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS * 2``), the default ``max_pixels``.
+DEFAULT_MAX_PIXELS: int = _native.DEFAULT_MAX_PIXELS
+
+#: The largest value of a ``u32`` option (``channels``).
+_U32_MAX = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -44,42 +54,54 @@ class PackReport:
 
 
 def _size_to_wh(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(width, height)`` from ``size``: an int (square) or ``(height, width)``, torchvision's
+    order (the CLI's ``--size WxH`` is width first)."""
     if isinstance(size, int):
         return size, size
     values = list(size)
     if len(values) == 1:
         return values[0], values[0]
     if len(values) != 2:
-        raise _native.VantixError(f"size must be an int or (height, width), got {size!r}")
+        raise _ArgumentValueError(f"size must be an int or (height, width), got {size!r}")
     height, width = values
     return width, height
+
+
+def _u32(name: str, value: Any) -> int:
+    """``value`` as an unsigned 32-bit int (its range is Rust's to check)."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise _ArgumentTypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    v = operator.index(value)
+    if not 0 <= v <= _U32_MAX:
+        raise _ArgumentValueError(f"{name} must be an int in [0, {_U32_MAX}], got {v}")
+    return v
 
 
 def pack(
     src: PathLike,
     dst: PathLike,
-    size: int | Sequence[int] = 224,
+    size: int | Sequence[int] = _DEFAULTS["size"],
     *,
-    mode: str = "center-crop",
-    interpolation: str = "bilinear",
-    pad_color: Sequence[int] = (0, 0, 0),
-    codec: str = "raw",
-    level: int = 3,
-    shard_size: int | str = "512M",
-    num_threads: int | None = None,
-    strict: bool = False,
-    overwrite: bool = False,
-    progress: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    exact_decode: bool = False,
-    filter: str = "up",
-    part: tuple[int, int] | None = None,
-    channels: int = 3,
-    exif_orientation: bool = False,
-    dictionary: str = "auto",
-    allow_truncated: bool = False,
-    allow_empty: bool = False,
-    max_file_size: int | str = "1G",
+    mode: str = _DEFAULTS["mode"],
+    interpolation: str = _DEFAULTS["interpolation"],
+    pad_color: Sequence[int] = _DEFAULTS["pad_color"],
+    codec: str = _DEFAULTS["codec"],
+    level: int = _DEFAULTS["level"],
+    shard_size: int | str = _DEFAULTS["shard_size"],
+    num_threads: int | None = _DEFAULTS["num_threads"],
+    strict: bool = _DEFAULTS["strict"],
+    overwrite: bool = _DEFAULTS["overwrite"],
+    progress: bool = _DEFAULTS["progress"],
+    max_pixels: int = _DEFAULTS["max_pixels"],
+    exact_decode: bool = _DEFAULTS["exact_decode"],
+    filter: str = _DEFAULTS["filter"],
+    part: tuple[int, int] | None = _DEFAULTS["part"],
+    channels: int = _DEFAULTS["channels"],
+    exif_orientation: bool = _DEFAULTS["exif_orientation"],
+    dictionary: str = _DEFAULTS["dictionary"],
+    allow_truncated: bool = _DEFAULTS["allow_truncated"],
+    allow_empty: bool = _DEFAULTS["allow_empty"],
+    max_file_size: int | str = _DEFAULTS["max_file_size"],
 ) -> PackReport:
     """Pack the ImageFolder ``src`` into a new Vantix dataset directory ``dst``.
 
@@ -88,10 +110,15 @@ def pack(
     ``convert("RGB")`` does (16-bit images are scaled, not clipped), or to grey or RGBA with
     ``channels``, and resized once.
 
+    The defaults are the packer's own (``vantix-pack``'s, from the native module); every
+    option is checked there, and a bad one raises a ``VantixError`` that names it (for a
+    choice such as ``mode``, with every valid value).
+
     Args:
         src: ImageFolder root: ``src/<class>/**/<image>``.
         dst: output directory, e.g. ``"train.vtx"``. Written atomically.
-        size: output size, an int (square) or ``(height, width)`` as in torchvision.
+        size: output size, an int (square) or ``(height, width)``: torchvision's order, the
+            reverse of the CLI's ``--size WxH`` (``--size 256x192`` is ``size=(192, 256)``).
         mode: ``"center-crop"`` (``Resize(size)`` + ``CenterCrop(size)``, the default),
             ``"squash"`` (straight to the size) or ``"pad"`` (fit inside, pad with ``pad_color``).
         interpolation: ``"bilinear"`` (torchvision's default), ``"bicubic"``, ``"lanczos"``,
@@ -107,8 +134,10 @@ def pack(
             on the first records and stored in every shard: ``"auto"`` (default) for records of
             at most 16 KiB (small images, e.g. 32x32 or 64x64), ``"on"`` always, ``"off"``
             never. A dataset with a dictionary is format version 3.
-        shard_size: target bytes per shard file, an int or a string like ``"512M"``.
-        num_threads: worker threads (default: all cores).
+        shard_size: target bytes per shard file, an int or a string like ``"512M"`` (the
+            default, 512 MiB).
+        num_threads: worker threads (default: all cores; ``--num-threads``/``-j`` on the
+            CLI). The output is byte-identical for any number.
         strict: raise on the first unreadable file instead of skipping and reporting it.
         overwrite: replace ``dst`` if it is a Vantix dataset. Anything else there (a folder
             without a valid manifest, a file, a symlink), the source tree, a folder that
@@ -122,10 +151,12 @@ def pack(
         allow_empty: keep class folders without any image, with their index and no samples, as
             ``torchvision.datasets.ImageFolder(src, allow_empty=True)``. By default an empty
             class is an error that names it.
-        max_file_size: largest source file read, an int or a string like ``"1G"``; a larger
+        max_file_size: largest source file read, an int or a string like ``"1G"`` (the
+            default, 1 GiB); a larger
             file is skipped without being read. Only regular files are read: a FIFO, socket or
             device (or a symlink to one) is skipped with the reason.
-        max_pixels: largest accepted source image in pixels (decompression-bomb guard).
+        max_pixels: largest accepted source image in pixels (decompression-bomb guard; the
+            default is :data:`DEFAULT_MAX_PIXELS`, Pillow's limit).
         exact_decode: decode every JPEG at full size. By default a large JPEG is decoded at
             1/2, 1/4 or 1/8 scale in the DCT domain when that keeps at least twice the resize
             target per axis: much faster, pixels within the parity tolerance of a full decode.
@@ -151,13 +182,9 @@ def pack(
             ``overwrite``, or (with ``strict``) the first unreadable image.
     """
     width, height = _size_to_wh(size)
-    if isinstance(channels, bool) or channels not in (1, 3, 4):
-        raise _native.VantixError(
-            f"channels must be 1 (grayscale), 3 (RGB) or 4 (RGBA), got {channels!r}"
-        )
     colour = [int(v) for v in pad_color]
     if len(colour) != 3:
-        raise _native.VantixError(f"pad_color must be 3 values (R, G, B), got {pad_color!r}")
+        raise _ArgumentValueError(f"pad_color must be 3 values (R, G, B), got {pad_color!r}")
     if isinstance(shard_size, str):
         shard_size = _native.parse_bytes(shard_size)
     if isinstance(max_file_size, str):
@@ -181,7 +208,7 @@ def pack(
         exact_decode=exact_decode,
         filter=filter,
         part=None if part is None else _part(part),
-        channels=int(channels),
+        channels=_u32("channels", channels),
         exif_orientation=bool(exif_orientation),
         dictionary=dictionary,
         allow_truncated=bool(allow_truncated),
@@ -192,11 +219,12 @@ def pack(
 
 
 def _part(part: Sequence[int]) -> tuple[int, int]:
+    """``(index, count)`` as two unsigned ints (the range is checked in Rust)."""
     values = [int(v) for v in part]
     if len(values) != 2:
-        raise _native.VantixError(f"part must be (index, count), got {part!r}")
+        raise _ArgumentValueError(f"part must be (index, count), got {part!r}")
     if values[0] < 0 or values[1] < 0:
-        raise _native.VantixError(f"part must be (index, count) with index < count, got {part!r}")
+        raise _ArgumentValueError(f"part must be (index, count) with index < count, got {part!r}")
     return values[0], values[1]
 
 
@@ -245,8 +273,8 @@ def append(
     dst: PathLike,
     *,
     new_classes: bool = False,
-    shard_size: int | str = "512M",
-    num_threads: int | None = None,
+    shard_size: int | str = _DEFAULTS["shard_size"],
+    num_threads: int | None = _DEFAULTS["num_threads"],
     strict: bool = False,
     progress: bool = False,
     allow_truncated: bool = False,
@@ -267,8 +295,9 @@ def append(
         new_classes: accept class folders the dataset lacks; they are added at the end of the
             class list, so existing labels never change (a new class can then get another index
             than ``ImageFolder(src)`` would give it). Without it such folders are an error.
-        shard_size: target bytes per new shard file, an int or a string like ``"512M"``.
-        num_threads: worker threads (default: all cores).
+        shard_size: target bytes per new shard file, an int or a string like ``"512M"`` (the
+            default, 512 MiB).
+        num_threads: worker threads (default: all cores; ``--num-threads``/``-j`` on the CLI).
         strict: raise on the first unreadable file instead of skipping and reporting it.
         progress: draw a progress bar on stderr (when it is a terminal).
         allow_truncated: pack truncated images instead of skipping them (see :func:`pack`).

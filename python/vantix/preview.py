@@ -15,20 +15,25 @@ import numpy as np
 
 from . import _native
 
+_ArgumentValueError = _native.VantixValueError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
     """A numpy array from a numpy array or a (possibly CUDA) torch tensor."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+        return x.numpy()
     return np.asarray(x)
 
 
 def _channels(name: str, value: Any, n: int) -> np.ndarray:
     v = np.atleast_1d(np.asarray(value, dtype=np.float32))
     if v.shape not in ((1,), (n,)):
-        raise _native.VantixError(f"{name} must have 1 or {n} values, got {value!r}")
+        raise _ArgumentValueError(f"{name} must have 1 or {n} values, got {value!r}")
     return np.broadcast_to(v, (n,))
 
 
@@ -62,22 +67,22 @@ def batch_to_uint8(
     """
     arr = _to_numpy(images)
     if arr.ndim != 4:
-        raise _native.VantixError(f"expected a batch [B, H, W, C] or [B, C, H, W], got {arr.shape}")
+        raise _ArgumentValueError(f"expected a batch [B, H, W, C] or [B, C, H, W], got {arr.shape}")
     if layout is None:
         layout = "NCHW" if arr.shape[1] in (1, 3, 4) and arr.shape[3] not in (1, 3, 4) else "NHWC"
     layout = layout.upper()
     if layout == "NCHW":
         arr = arr.transpose(0, 2, 3, 1)
     elif layout != "NHWC":
-        raise _native.VantixError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
+        raise _ArgumentValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
     c = arr.shape[3]
     if c not in (1, 3, 4):
-        raise _native.VantixError(f"images must have 1, 3 or 4 channels, got shape {arr.shape}")
+        raise _ArgumentValueError(f"images must have 1, 3 or 4 channels, got shape {arr.shape}")
     if (mean is None) != (std is None):
-        raise _native.VantixError("give both mean and std (to undo Normalize), or neither")
+        raise _ArgumentValueError("give both mean and std (to undo Normalize), or neither")
     if arr.dtype == np.uint8:
         if mean is not None:
-            raise _native.VantixError("mean/std are for float batches; this batch is uint8")
+            raise _ArgumentValueError("mean/std are for float batches; this batch is uint8")
         return np.ascontiguousarray(arr)
     x = arr.astype(np.float32)
     if mean is not None:
@@ -123,7 +128,7 @@ def save_batch_grid(
     pixels = batch_to_uint8(images, mean, std, layout)
     label_list = [int(v) for v in _to_numpy(labels).reshape(-1)]
     if len(label_list) != len(pixels):
-        raise _native.VantixError(f"{len(pixels)} images but {len(label_list)} labels")
+        raise _ArgumentValueError(f"{len(pixels)} images but {len(label_list)} labels")
     if classes is not None:
         captions = [f"{v} {classes[v]}" if 0 <= v < len(classes) else f"{v} ?" for v in label_list]
     else:

@@ -95,7 +95,7 @@ fn main() {
         opts.codec = codec;
         // Filters only: the dictionary has its own measurements (zstd_profile, and
         // benchmarks/benchmark_compression.py).
-        opts.zstd_dictionary = vantix_pack::DictionaryMode::Off;
+        opts.dictionary = vantix_pack::DictionaryMode::Off;
         opts.report_skipped = false;
         let out = tmp.join("pack.vtx");
         let _ = std::fs::remove_dir_all(&out);

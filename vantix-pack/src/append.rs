@@ -21,24 +21,24 @@
 //! Readers take no lock. Paths and class names are compared as the file system's bytes.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use vantix_read::codec::shard_number;
 use vantix_read::format::{AppendInfo, Geometry, Manifest, MANIFEST_NAME};
 use vantix_read::{Dataset, Error, Result};
 
-use crate::imaging::{Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS};
+use crate::imaging::{ResizeSpec, DEFAULT_MAX_PIXELS};
 use crate::names;
-use crate::outdir::{
-    check_clear_of_inputs, is_vantix_file, lock_dataset, write_synced, Dir, Input,
-};
+use crate::names::read_sources;
+use crate::outdir::{lock_dataset, replace_file, Dir};
 use crate::pack::{
-    pack_files, read_sources, report, source_list_hash, Interrupt, PackOptions, PackReport,
+    pack_files, report, source_list_hash, Interrupt, PackOptions, PackReport,
     DEFAULT_MAX_FILE_BYTES, DEFAULT_SHARD_SIZE, SOURCES_NAME,
 };
+use crate::staging::{check_clear_of_inputs, is_vantix_file, Input};
 use crate::walk::{scan_with, SourceFile};
 use crate::writer::ShardWriter;
 
@@ -48,7 +48,7 @@ pub struct AppendOptions {
     /// Target size of one new shard's data, in bytes.
     pub shard_size: u64,
     /// Worker threads (`None`: all cores).
-    pub jobs: Option<usize>,
+    pub num_threads: Option<usize>,
     /// Fail on the first unreadable file instead of skipping it.
     pub strict: bool,
     /// Accept class folders that are not classes of the dataset: they are added at the end of
@@ -70,7 +70,7 @@ impl Default for AppendOptions {
     fn default() -> Self {
         AppendOptions {
             shard_size: DEFAULT_SHARD_SIZE,
-            jobs: None,
+            num_threads: None,
             strict: false,
             new_classes: false,
             progress: false,
@@ -80,10 +80,6 @@ impl Default for AppendOptions {
             allow_empty: false,
         }
     }
-}
-
-fn temp_name(name: &str) -> String {
-    format!(".{name}.tmp-{}", std::process::id())
 }
 
 /// Remove what an interrupted append left in `dir`: shard files the manifest does not list and
@@ -119,16 +115,6 @@ impl Drop for StrayGuard<'_> {
     }
 }
 
-/// Replace `dir/name` with `bytes` atomically: a synced temporary sibling renamed over it.
-fn replace_file(dir: &Dir, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_name(name);
-    write_synced(dir, &tmp, bytes)
-        .and_then(|()| dir.rename(&tmp, name))
-        .inspect_err(|_| {
-            let _ = dir.remove_file(OsStr::new(&tmp));
-        })
-}
-
 /// The options `pack` would need to make records like the dataset's.
 fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOptions> {
     let bad = |what: &str, v: &str| {
@@ -141,9 +127,16 @@ fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOpt
         spec: ResizeSpec {
             width: m.geometry.width,
             height: m.geometry.height,
-            mode: ResizeMode::parse(&m.pack.resize).ok_or_else(|| bad("resize", &m.pack.resize))?,
-            interpolation: Interpolation::parse(&m.pack.interpolation)
-                .ok_or_else(|| bad("interpolation", &m.pack.interpolation))?,
+            mode: m
+                .pack
+                .resize
+                .parse()
+                .map_err(|_| bad("resize", &m.pack.resize))?,
+            interpolation: m
+                .pack
+                .interpolation
+                .parse()
+                .map_err(|_| bad("interpolation", &m.pack.interpolation))?,
             pad_color: m.pack.pad_color,
             max_pixels: m.pack.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS),
             exact_decode: m.pack.exact_decode,
@@ -152,7 +145,7 @@ fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOpt
         },
         codec: m.codec,
         shard_size: opts.shard_size,
-        jobs: opts.jobs,
+        num_threads: opts.num_threads,
         strict: opts.strict,
         overwrite: false,
         progress: opts.progress,
@@ -160,7 +153,7 @@ fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOpt
         interrupt: opts.interrupt.clone(),
         part: None,
         // Not used: the new shards take the dataset's own dictionary, if it has one.
-        zstd_dictionary: crate::writer::DictionaryMode::Off,
+        dictionary: crate::writer::DictionaryMode::Off,
         allow_truncated: opts.allow_truncated,
         allow_empty: opts.allow_empty,
         max_file_bytes: DEFAULT_MAX_FILE_BYTES,
@@ -175,8 +168,8 @@ fn settings_of(m: &Manifest, opts: &AppendOptions, name: &str) -> Result<PackOpt
 /// report counts what this call added. On any error the dataset is left as it was.
 pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackReport> {
     let start = Instant::now();
-    if opts.jobs == Some(0) {
-        return Err(Error::invalid("jobs must be at least 1"));
+    if opts.num_threads == Some(0) {
+        return Err(Error::invalid("num_threads must be at least 1"));
     }
     if !dataset.is_dir() {
         return Err(Error::invalid(format!(
@@ -310,13 +303,7 @@ pub fn append(src: &Path, dataset: &Path, opts: &AppendOptions) -> Result<PackRe
     let next_shard = manifest
         .shards
         .iter()
-        .filter_map(|s| {
-            s.file
-                .strip_prefix("shard-")?
-                .strip_suffix(".vxs")?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|s| shard_number(&s.file))
         .map(|k| k + 1)
         .max()
         .unwrap_or(0)
@@ -472,7 +459,7 @@ mod tests {
             Interrupt(Arc::new(move || calls.fetch_add(1, Ordering::SeqCst) >= 1))
         };
         let many = AppendOptions {
-            jobs: Some(1),
+            num_threads: Some(1),
             new_classes: true,
             interrupt: Some(stop),
             shard_size: 1,

@@ -1,11 +1,13 @@
 //! The `vantix-pack` command line. Shared by the Rust binary and the Python console script, so
 //! both behave identically.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::IsTerminal;
+use std::marker::PhantomData;
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use clap::builder::TypedValueParser;
+use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use vantix_read::{Codec, Dataset, Filter};
 
@@ -20,7 +22,7 @@ use crate::writer::DictionaryMode;
 const EXAMPLES: &str = "\
 Examples:
   vantix-pack ./train --size 224 -o train.vtx                  ImageFolder -> 224x224 records
-  vantix-pack ./train --size 256x192 --mode squash -o train.vtx   W x H, no crop
+  vantix-pack ./train --size 256x192 --mode squash -o train.vtx   width 256, height 192, no crop
   vantix-pack ./train --size 64 --codec zstd --level 9 -o small.vtx
   vantix-pack ./scans --size 256 --channels 1 -o scans.vtx       grayscale records (4: RGBA)
   vantix-pack ./photos --size 224 --exif-orientation -o p.vtx    rotate as EXIF says first
@@ -162,9 +164,9 @@ index ImageFolder(SRC) would give them).",
         /// Target size of a new shard file, e.g. 512M, 1G or a byte count.
         #[arg(long, default_value = "512M", value_parser = parse_bytes)]
         shard_size: u64,
-        /// Worker threads (default: all cores).
-        #[arg(short = 'j', long)]
-        jobs: Option<usize>,
+        /// Worker threads (default: all cores); `num_threads` in Python.
+        #[arg(short = 'j', long, value_name = "N", visible_alias = "jobs")]
+        num_threads: Option<usize>,
         /// Fail on the first unreadable image instead of skipping and reporting it.
         #[arg(long)]
         strict: bool,
@@ -185,7 +187,9 @@ struct PackArgs {
     /// The ImageFolder to pack: SRC/<class>/**/<image>, as torchvision.datasets.ImageFolder reads it.
     #[arg(required = true)]
     src: Option<PathBuf>,
-    /// Output size: N (N x N) or WxH, e.g. 224 or 256x192.
+    /// Output size: N (N x N) or WxH, width first as image tools write it, e.g. 224 or 256x192
+    /// (256 wide, 192 high). Python's vantix.pack takes size=(height, width), torchvision's
+    /// order: --size 256x192 is size=(192, 256) there.
     #[arg(long, required = true, value_parser = parse_size)]
     size: Option<(u32, u32)>,
     /// Output dataset directory, e.g. train.vtx.
@@ -193,35 +197,40 @@ struct PackArgs {
     output: Option<PathBuf>,
     /// How to reach the output size: center-crop (shorter side to the size, then centre crop,
     /// torchvision's evaluation transform), squash (straight to WxH) or pad (fit inside, pad).
-    #[arg(long, default_value = "center-crop", value_parser = ["center-crop", "squash", "pad"])]
-    mode: String,
+    #[arg(long, default_value = defaults().spec.mode.name(),
+          value_parser = choice::<ResizeMode>(ResizeMode::ALL.map(ResizeMode::name)))]
+    mode: ResizeMode,
     /// Resampling filter (antialiased, as Pillow and torchvision): bilinear is torchvision's default.
-    #[arg(long, default_value = "bilinear",
-          value_parser = ["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"])]
-    interpolation: String,
+    #[arg(long, default_value = defaults().spec.interpolation.name(),
+          value_parser = choice::<Interpolation>(Interpolation::ALL.map(Interpolation::name)))]
+    interpolation: Interpolation,
     /// Padding colour for --mode pad, as R,G,B (with --channels 1 its luma, with 4 opaque).
     #[arg(long, default_value = "0,0,0", value_parser = parse_color)]
     pad_color: [u8; 3],
     /// Record codec: raw (fixed stride, fastest reads) or zstd (smaller).
-    #[arg(long, default_value = "raw", value_parser = ["raw", "zstd"])]
-    codec: String,
+    #[arg(long, default_value = defaults().codec.name(), value_parser = choice::<Codec>(Codec::NAMES))]
+    codec: Codec,
     /// zstd compression level (1-22), with --codec zstd.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = Codec::DEFAULT_LEVEL)]
     level: i32,
     /// Prediction filter applied to each record before zstd (PNG's filter types), undone by
     /// the reader: photographs compress about twice as well after it. With --codec zstd.
-    #[arg(long, default_value = "up", value_parser = ["none", "left", "up", "avg", "paeth"])]
-    filter: String,
+    #[arg(long, default_value = Codec::DEFAULT_FILTER.name(),
+          value_parser = choice::<Filter>(Filter::ALL.map(Filter::name)))]
+    filter: Filter,
     /// Compress zstd records with a dictionary trained at pack time and stored in each shard:
     /// auto uses one for records of at most 16 KiB (small images), on always, off never.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
-    zstd_dict: String,
+    /// With --codec zstd; `dictionary` in Python (--zstd-dict is the old spelling).
+    #[arg(long, default_value = defaults().dictionary.name(), alias = "zstd-dict",
+          value_parser = choice::<DictionaryMode>(DictionaryMode::ALL.map(DictionaryMode::name)))]
+    dictionary: DictionaryMode,
     /// Target size of a shard file, e.g. 512M, 1G or a byte count.
     #[arg(long, default_value = "512M", value_parser = parse_bytes)]
     shard_size: u64,
-    /// Worker threads (default: all cores).
-    #[arg(short = 'j', long)]
-    jobs: Option<usize>,
+    /// Worker threads (default: all cores); `num_threads` in Python. The output is
+    /// byte-identical for any number.
+    #[arg(short = 'j', long, value_name = "N", visible_alias = "jobs")]
+    num_threads: Option<usize>,
     /// Fail on the first unreadable image instead of skipping and reporting it.
     #[arg(long)]
     strict: bool,
@@ -270,6 +279,49 @@ struct PackArgs {
     quiet: bool,
 }
 
+/// The library's defaults, which the flags' defaults show.
+fn defaults() -> PackOptions {
+    PackOptions::default()
+}
+
+/// A value parser for an option enum: the enum's `FromStr` (the one parser the library and the
+/// Python binding use too) parses the value and words the error, which lists the choices;
+/// clap shows `names` in the help.
+#[derive(Clone)]
+struct Choice<T> {
+    names: Vec<&'static str>,
+    parsed: PhantomData<fn() -> T>,
+}
+
+fn choice<T>(names: impl IntoIterator<Item = &'static str>) -> Choice<T> {
+    Choice {
+        names: names.into_iter().collect(),
+        parsed: PhantomData,
+    }
+}
+
+impl<T> TypedValueParser for Choice<T>
+where
+    T: FromStr<Err = vantix_read::Error> + Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        StringValueParser::new()
+            .try_map(|s| s.parse::<T>())
+            .parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(self.names.iter().map(|&n| PossibleValue::new(n))))
+    }
+}
+
 /// `I/N`: part `I` (0-based) of `N`.
 fn parse_part(s: &str) -> Result<(u64, u64), String> {
     let (i, n) = s
@@ -304,25 +356,9 @@ fn parse_color(s: &str) -> Result<[u8; 3], String> {
     }
 }
 
-/// `123`, `64K`, `512M`, `1G`, `1GiB`, `2GB` (binary multiples).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_uppercase();
-    let t = t.trim_end_matches("IB").trim_end_matches('B');
-    let (digits, mult) = match t.chars().last() {
-        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('M') => (&t[..t.len() - 1], 1 << 20),
-        Some('G') => (&t[..t.len() - 1], 1 << 30),
-        Some('T') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    digits
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|v| v.checked_mul(mult))
-        .filter(|&v| v > 0)
-        .ok_or_else(|| format!("invalid size {s:?}: expected e.g. 512M, 1G or a byte count"))
-}
+/// `123`, `64K`, `512M`, `1G`, `1GiB`, `2GB` (binary multiples; the reader's parser, which
+/// also reads `VANTIX_MEMORY_LIMIT`).
+pub use vantix_read::memory::parse_bytes;
 
 impl PackArgs {
     fn options(&self) -> PackOptions {
@@ -331,32 +367,24 @@ impl PackArgs {
             spec: ResizeSpec {
                 width,
                 height,
-                mode: ResizeMode::parse(&self.mode).expect("validated by clap"),
-                interpolation: Interpolation::parse(&self.interpolation)
-                    .expect("validated by clap"),
+                mode: self.mode,
+                interpolation: self.interpolation,
                 pad_color: self.pad_color,
                 max_pixels: self.max_pixels,
                 exact_decode: self.exact_decode,
                 channels: self.channels,
                 exif_orientation: self.exif_orientation,
             },
-            codec: if self.codec == "zstd" {
-                Codec::Zstd {
-                    level: self.level,
-                    filter: Filter::parse(&self.filter).expect("validated by clap"),
-                }
-            } else {
-                Codec::Raw
-            },
+            codec: self.codec.with_zstd_settings(self.level, self.filter),
             shard_size: self.shard_size,
-            jobs: self.jobs,
+            num_threads: self.num_threads,
             strict: self.strict,
             overwrite: self.overwrite,
             progress: !self.quiet && std::io::stderr().is_terminal(),
             report_skipped: true,
             interrupt: None,
             part: self.part,
-            zstd_dictionary: DictionaryMode::parse(&self.zstd_dict).expect("validated by clap"),
+            dictionary: self.dictionary,
             allow_truncated: self.allow_truncated,
             allow_empty: self.allow_empty,
             max_file_bytes: self.max_file_size,
@@ -461,7 +489,7 @@ where
             output,
             new_classes,
             shard_size,
-            jobs,
+            num_threads,
             strict,
             allow_truncated,
             allow_empty,
@@ -469,7 +497,7 @@ where
         }) => {
             let opts = AppendOptions {
                 shard_size,
-                jobs,
+                num_threads,
                 strict,
                 new_classes,
                 progress: !quiet && std::io::stderr().is_terminal(),
@@ -514,6 +542,7 @@ where
 mod tests {
     use super::*;
     use crate::pack::DEFAULT_SHARD_SIZE;
+    use clap::CommandFactory;
 
     #[test]
     fn sizes_and_bytes() {
@@ -536,6 +565,189 @@ mod tests {
         assert_eq!(c.pack.size, Some((224, 224)));
         let c = Cli::try_parse_from(["vantix-pack", "verify", "train.vtx"]).unwrap();
         assert!(matches!(c.command, Some(Command::Verify { .. })));
+    }
+
+    /// A pack command line with `args` (and `--size 8` unless they give a size).
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        let size: &[&str] = if args.contains(&"--size") {
+            &[]
+        } else {
+            &["--size", "8"]
+        };
+        let argv = ["vantix-pack", "./t", "-o", "t.vtx"]
+            .iter()
+            .chain(size)
+            .chain(args);
+        Cli::try_parse_from(argv).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_option_enum_parses_its_names_and_lists_them_when_wrong() {
+        fn check<T: FromStr<Err = vantix_read::Error> + PartialEq + std::fmt::Debug + Copy>(
+            all: &[T],
+            name: fn(T) -> &'static str,
+            listed: &str,
+        ) {
+            for &v in all {
+                assert_eq!(name(v).parse::<T>().unwrap(), v);
+            }
+            let e = "bogus".parse::<T>().unwrap_err();
+            assert!(matches!(e, vantix_read::Error::Invalid(_)));
+            assert_eq!(e.to_string(), format!("{listed}, got \"bogus\""));
+        }
+        check(
+            &ResizeMode::ALL,
+            ResizeMode::name,
+            "mode must be one of 'center-crop', 'squash' or 'pad'",
+        );
+        check(
+            &Interpolation::ALL,
+            Interpolation::name,
+            "interpolation must be one of 'nearest', 'bilinear', 'bicubic', 'lanczos', 'box' or 'hamming'",
+        );
+        check(
+            &Filter::ALL,
+            Filter::name,
+            "filter must be one of 'none', 'left', 'up', 'avg' or 'paeth'",
+        );
+        check(
+            &DictionaryMode::ALL,
+            DictionaryMode::name,
+            "dictionary must be one of 'auto', 'on' or 'off'",
+        );
+        check(
+            &vantix_read::Verify::ALL,
+            vantix_read::Verify::name,
+            "verify must be one of 'none', 'shard' or 'record'",
+        );
+        let zstd = Codec::Zstd {
+            level: Codec::DEFAULT_LEVEL,
+            filter: Codec::DEFAULT_FILTER,
+        };
+        check(
+            &[Codec::Raw, zstd],
+            Codec::name,
+            "codec must be one of 'raw' or 'zstd'",
+        );
+        assert_eq!(Codec::NAMES, [Codec::Raw.name(), zstd.name()]);
+        assert_eq!(
+            "center_crop".parse::<ResizeMode>().unwrap(),
+            ResizeMode::CenterCrop
+        );
+        assert_eq!(Codec::Raw.with_zstd_settings(9, Filter::Avg), Codec::Raw);
+        assert_eq!(
+            zstd.with_zstd_settings(9, Filter::Avg),
+            Codec::Zstd {
+                level: 9,
+                filter: Filter::Avg
+            }
+        );
+    }
+
+    #[test]
+    fn an_invalid_choice_on_the_command_line_lists_the_choices() {
+        for (flag, listed) in [
+            (
+                "--mode",
+                "mode must be one of 'center-crop', 'squash' or 'pad', got \"bogus\"",
+            ),
+            (
+                "--interpolation",
+                "interpolation must be one of 'nearest', 'bilinear'",
+            ),
+            (
+                "--codec",
+                "codec must be one of 'raw' or 'zstd', got \"bogus\"",
+            ),
+            (
+                "--filter",
+                "filter must be one of 'none', 'left', 'up', 'avg' or 'paeth'",
+            ),
+            (
+                "--dictionary",
+                "dictionary must be one of 'auto', 'on' or 'off', got \"bogus\"",
+            ),
+            (
+                "--zstd-dict",
+                "dictionary must be one of 'auto', 'on' or 'off'",
+            ),
+        ] {
+            let e = parse(&[flag, "bogus"]).unwrap_err();
+            assert!(e.contains(listed) && e.contains("'bogus'"), "{flag}: {e}");
+        }
+        // The help still lists them.
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("[possible values: center-crop, squash, pad]"),
+            "{help}"
+        );
+        assert!(help.contains("[possible values: raw, zstd]"), "{help}");
+    }
+
+    /// Debug of `PackOptions` without the terminal-dependent progress flag.
+    fn shown(o: &PackOptions) -> String {
+        format!(
+            "{:?}",
+            PackOptions {
+                progress: false,
+                ..o.clone()
+            }
+        )
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_library_defaults() {
+        let c = parse(&["--size", "224"]).unwrap();
+        assert_eq!(shown(&c.pack.options()), shown(&PackOptions::default()));
+        assert_eq!(parse_bytes("512M"), Ok(DEFAULT_SHARD_SIZE));
+        assert_eq!(parse_bytes("1G"), Ok(crate::DEFAULT_MAX_FILE_BYTES));
+        // --codec zstd alone: zstd's default level and filter.
+        let c = parse(&["--codec", "zstd"]).unwrap();
+        assert_eq!(
+            c.pack.options().codec,
+            Codec::Zstd {
+                level: Codec::DEFAULT_LEVEL,
+                filter: Codec::DEFAULT_FILTER
+            }
+        );
+        let c = Cli::try_parse_from(["vantix-pack", "append", "./t", "-o", "t.vtx"]).unwrap();
+        let Some(Command::Append {
+            shard_size,
+            num_threads,
+            ..
+        }) = c.command
+        else {
+            panic!("append")
+        };
+        let d = AppendOptions::default();
+        assert_eq!((shard_size, num_threads), (d.shard_size, d.num_threads));
+    }
+
+    #[test]
+    fn old_spellings_still_parse() {
+        for flag in ["-j", "--jobs", "--num-threads"] {
+            assert_eq!(
+                parse(&[flag, "2"]).unwrap().pack.num_threads,
+                Some(2),
+                "{flag}"
+            );
+        }
+        for flag in ["--zstd-dict", "--dictionary"] {
+            let c = parse(&["--codec", "zstd", flag, "on"]).unwrap();
+            assert_eq!(c.pack.options().dictionary, DictionaryMode::On, "{flag}");
+        }
+        let c = Cli::try_parse_from(["vantix-pack", "append", "./t", "-o", "t.vtx", "--jobs", "3"])
+            .unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Append {
+                num_threads: Some(3),
+                ..
+            })
+        ));
+        // WxH: width first.
+        let o = parse(&["--size", "256x192"]).unwrap().pack.options();
+        assert_eq!((o.spec.width, o.spec.height), (256, 192));
     }
 
     #[test]

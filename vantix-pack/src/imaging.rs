@@ -30,6 +30,10 @@ pub enum ResizeMode {
 }
 
 impl ResizeMode {
+    /// Every mode, in the order `FromStr`'s error lists them.
+    pub const ALL: [ResizeMode; 3] = [ResizeMode::CenterCrop, ResizeMode::Squash, ResizeMode::Pad];
+    /// The mode's name on the CLI, in Python and in the manifest's `pack.resize`: `"center-crop"`,
+    /// `"squash"` or `"pad"`.
     pub fn name(self) -> &'static str {
         match self {
             ResizeMode::CenterCrop => "center-crop",
@@ -37,13 +41,15 @@ impl ResizeMode {
             ResizeMode::Pad => "pad",
         }
     }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "center-crop" | "center_crop" => Some(ResizeMode::CenterCrop),
-            "squash" => Some(ResizeMode::Squash),
-            "pad" => Some(ResizeMode::Pad),
-            _ => None,
-        }
+}
+
+impl std::str::FromStr for ResizeMode {
+    type Err = vantix_read::Error;
+    /// A mode by its [`name`](ResizeMode::name) (`center_crop` is accepted for `center-crop`);
+    /// the error lists every mode.
+    fn from_str(s: &str) -> vantix_read::Result<Self> {
+        let s = if s == "center_crop" { "center-crop" } else { s };
+        vantix_read::parse_choice("mode", s, &Self::ALL.map(|m| (m.name(), m)))
     }
 }
 
@@ -51,15 +57,32 @@ impl ResizeMode {
 /// antialiased convolutions, as Pillow's `resize` is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interpolation {
+    /// Nearest neighbour, not antialiased: every output pixel is a copy of a source pixel.
     Nearest,
+    /// Triangle (linear) filter, Pillow's `BILINEAR`.
     Bilinear,
+    /// Cubic convolution with `a = -0.5` (Catmull-Rom), Pillow's `BICUBIC`.
     Bicubic,
+    /// Lanczos with 3 lobes, Pillow's `LANCZOS`.
     Lanczos,
+    /// Box filter (each output pixel the mean of the source pixels it covers), Pillow's `BOX`.
     Box,
+    /// Hamming-windowed filter, Pillow's `HAMMING`.
     Hamming,
 }
 
 impl Interpolation {
+    /// Every filter, in the order `FromStr`'s error lists them.
+    pub const ALL: [Interpolation; 6] = [
+        Interpolation::Nearest,
+        Interpolation::Bilinear,
+        Interpolation::Bicubic,
+        Interpolation::Lanczos,
+        Interpolation::Box,
+        Interpolation::Hamming,
+    ];
+    /// The filter's name on the CLI, in Python and in the manifest's `pack.interpolation`, in lower
+    /// case (`"bilinear"`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Interpolation::Nearest => "nearest",
@@ -69,17 +92,6 @@ impl Interpolation {
             Interpolation::Box => "box",
             Interpolation::Hamming => "hamming",
         }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "nearest" => Interpolation::Nearest,
-            "bilinear" => Interpolation::Bilinear,
-            "bicubic" => Interpolation::Bicubic,
-            "lanczos" => Interpolation::Lanczos,
-            "box" => Interpolation::Box,
-            "hamming" => Interpolation::Hamming,
-            _ => return None,
-        })
     }
     fn alg(self) -> ResizeAlg {
         match self {
@@ -94,13 +106,27 @@ impl Interpolation {
     }
 }
 
+impl std::str::FromStr for Interpolation {
+    type Err = vantix_read::Error;
+    /// A filter by its [`name`](Interpolation::name); the error lists every one.
+    fn from_str(s: &str) -> vantix_read::Result<Self> {
+        vantix_read::parse_choice("interpolation", s, &Self::ALL.map(|m| (m.name(), m)))
+    }
+}
+
 /// Everything that decides the pixels of a packed record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResizeSpec {
+    /// Width of a packed record in pixels.
     pub width: u32,
+    /// Height of a packed record in pixels.
     pub height: u32,
+    /// How the source is brought to `width x height`.
     pub mode: ResizeMode,
+    /// Resampling filter used when resizing.
     pub interpolation: Interpolation,
+    /// RGB fill colour of [`ResizeMode::Pad`]'s borders (a grey record gets its luma, an RGBA one
+    /// alpha 255).
     pub pad_color: [u8; 3],
     /// Largest accepted `width * height` of a source image (decompression-bomb guard).
     pub max_pixels: u64,
@@ -477,9 +503,13 @@ fn resample(
 /// Decoded pixels: 8-bit, interleaved, `channels` per pixel (1 grey, 3 RGB, 4 RGBA).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pixels {
+    /// The pixels, row-major, `height * width * channels` bytes.
     pub data: Vec<u8>,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Channels per pixel: 1, 3 or 4.
     pub channels: usize,
 }
 

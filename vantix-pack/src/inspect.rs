@@ -1,43 +1,73 @@
 //! What `vantix-pack inspect` shows: counts per class, geometry, codec, sizes and ratio.
 
 use serde::Serialize;
-use vantix_read::{Codec, Dataset, Result};
+pub use vantix_read::memory::human_bytes;
+use vantix_read::{Codec, Dataset, MemoryFit, Result};
 
+/// The number of samples of one class.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassCount {
+    /// Class index (the label).
     pub index: usize,
+    /// Class name, in the manifest's readable form.
     pub name: String,
+    /// Samples with this label.
     pub count: u64,
 }
 
+/// What `vantix-pack inspect` prints about a dataset (as text through `Display`, or as JSON).
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
+    /// The dataset directory.
     pub path: String,
+    /// Format version of the manifest.
     pub format_version: u32,
+    /// Number of samples.
     pub num_samples: u64,
+    /// Image width in pixels.
     pub width: u32,
+    /// Image height in pixels.
     pub height: u32,
+    /// Channels per pixel: 1, 3 or 4.
     pub channels: u32,
     /// `"L"`, `"RGB"` or `"RGBA"`.
     pub channel_order: String,
+    /// Codec name: `"raw"` or `"zstd"`.
     pub codec: String,
+    /// The zstd compression level; `None` for raw.
     pub zstd_level: Option<i32>,
     /// Prediction filter undone after zstd (`none` for raw).
     pub filter: String,
-    /// Shards that store a trained zstd dictionary, and its size in the first of them.
+    /// Number of shards that store a trained zstd dictionary.
     pub dictionary_shards: usize,
+    /// Size in bytes of the dictionary of the first shard that stores one; `None` when none does.
     pub dictionary_bytes: Option<u32>,
+    /// Number of shard files.
     pub num_shards: usize,
+    /// Total size of the shard files in bytes (the manifest and `sources.json` not counted).
     pub size_on_disk: u64,
+    /// Size of the decoded pixels in bytes: `num_samples * height * width * channels`.
     pub raw_size: u64,
+    /// `raw_size / size_on_disk` (1.0 for an empty dataset).
     pub compression_ratio: f64,
+    /// Resize mode of the pack (`pack.resize`).
     pub resize: String,
+    /// Resampling filter of the pack (`pack.interpolation`).
     pub interpolation: String,
+    /// The source directory the dataset was packed from.
     pub source: String,
+    /// Number of source files that could not be packed.
     pub skipped: usize,
+    /// Per-class sample counts, in class-index order.
     pub classes: Vec<ClassCount>,
+    /// How the dataset compares with the memory this process can use, and what to do when it
+    /// does not fit ([`MemoryFit::message`], the text of the Python loader's warning). Printed
+    /// as the `memory` line; not in the JSON, which describes the dataset, not the machine.
+    #[serde(skip)]
+    pub memory: String,
 }
 
+/// Summarize `ds`: reads every label to count the samples per class, no pixels.
 pub fn summarize(ds: &Dataset) -> Result<Summary> {
     let m = ds.manifest();
     let mut counts = vec![0u64; m.classes.len()];
@@ -46,6 +76,7 @@ pub fn summarize(ds: &Dataset) -> Result<Summary> {
     }
     let size_on_disk: u64 = ds.shards().iter().map(|s| s.size_bytes()).sum();
     let raw_size = ds.len() as u64 * ds.record_bytes() as u64;
+    let memory = MemoryFit::of(ds)?.message();
     Ok(Summary {
         path: ds.root().display().to_string(),
         format_version: m.version,
@@ -93,22 +124,8 @@ pub fn summarize(ds: &Dataset) -> Result<Summary> {
                 count,
             })
             .collect(),
+        memory,
     })
-}
-
-pub fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
 }
 
 impl std::fmt::Display for Summary {
@@ -148,6 +165,7 @@ impl std::fmt::Display for Summary {
             human_bytes(self.raw_size),
             self.compression_ratio
         )?;
+        writeln!(f, "memory       {}", self.memory)?;
         writeln!(f, "source       {}", self.source)?;
         writeln!(f, "skipped      {} file(s) at pack time", self.skipped)?;
         writeln!(f, "classes      {}", self.classes.len())?;

@@ -7,6 +7,8 @@
 //! # Ok::<(), vantix_read::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod append;
 pub mod cli;
 mod font;
@@ -16,7 +18,9 @@ pub mod merge;
 pub mod names;
 pub mod outdir;
 pub mod pack;
+pub mod parts;
 pub mod preview;
+pub mod staging;
 pub mod walk;
 pub mod writer;
 
@@ -29,34 +33,3 @@ pub use pack::{
 };
 pub use walk::{scan, scan_with, ImageFolder, SourceFile, IMG_EXTENSIONS};
 pub use writer::DictionaryMode;
-
-impl Default for PackOptions {
-    fn default() -> Self {
-        PackOptions {
-            spec: ResizeSpec {
-                width: 224,
-                height: 224,
-                mode: ResizeMode::CenterCrop,
-                interpolation: Interpolation::Bilinear,
-                pad_color: [0, 0, 0],
-                max_pixels: DEFAULT_MAX_PIXELS,
-                exact_decode: false,
-                channels: 3,
-                exif_orientation: false,
-            },
-            codec: vantix_read::Codec::Raw,
-            shard_size: DEFAULT_SHARD_SIZE,
-            jobs: None,
-            strict: false,
-            overwrite: false,
-            progress: false,
-            report_skipped: true,
-            interrupt: None,
-            part: None,
-            zstd_dictionary: writer::DictionaryMode::Auto,
-            allow_truncated: false,
-            allow_empty: false,
-            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-        }
-    }
-}

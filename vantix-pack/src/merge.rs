@@ -14,14 +14,16 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use vantix_read::codec::shard_name;
 use vantix_read::format::{Manifest, PartInfo, ShardHeader, ShardInfo, HEADER_SIZE};
 use vantix_read::{Dataset, Error, Result};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::names;
-use crate::outdir::{Dir, Input, Staging};
-use crate::pack::{explain_partial_error, progress_bar, read_sources, report, PackReport};
-use crate::writer::shard_name;
+use crate::names::read_sources;
+use crate::outdir::Dir;
+use crate::pack::{progress_bar, report, PackReport};
+use crate::staging::{explain_partial_error, Input, Staging};
 
 /// What `merge` needs besides the parts and the output path.
 #[derive(Clone, Debug, Default)]

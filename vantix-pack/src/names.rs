@@ -10,6 +10,11 @@
 //!   sibling field (`class_bytes`, `skipped[].path_hex`) in hex.
 
 use serde_json::Value;
+use std::io::Read;
+use vantix_read::codec::SOURCES_NAME;
+use vantix_read::{Error, Result};
+
+use crate::outdir::Dir;
 
 /// A readable, distinct form of `bytes`: valid UTF-8 as it is, every other byte as `\xNN`
 /// (Python's `backslashreplace`).
@@ -66,6 +71,47 @@ pub fn entry_bytes(v: &Value) -> Option<Vec<u8>> {
 pub fn sources_json(paths: &[Vec<u8>]) -> Vec<u8> {
     let v: Vec<Value> = paths.iter().map(|p| source_entry(p)).collect();
     serde_json::to_vec(&v).expect("a list of names serialises")
+}
+
+/// The first `num_samples` entries of the `sources.json` in `dir` (entries past them belong
+/// to an append that did not commit), as path bytes. `why` says, in a read error, what needs
+/// the list.
+pub(crate) fn read_sources(dir: &Dir, num_samples: u64, why: &str) -> Result<Vec<Vec<u8>>> {
+    let path = dir.show(SOURCES_NAME);
+    let mut bytes = Vec::new();
+    dir.open_file(SOURCES_NAME)
+        .and_then(|mut f| f.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e)))
+        .map_err(|e| match e {
+            // Still an I/O error (with its kind), now saying what needs the file.
+            Error::Io { path, source } => {
+                let msg = format!("cannot read it ({source}); {why}");
+                Error::Io {
+                    path,
+                    source: std::io::Error::new(source.kind(), msg),
+                }
+            }
+            e => e,
+        })?;
+    let corrupt = |msg: String| Error::corrupt(path.display().to_string(), msg);
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(format!("not a JSON list of file names: {e}")))?;
+    if (entries.len() as u64) < num_samples {
+        return Err(corrupt(format!(
+            "lists {} files but the dataset holds {num_samples} records",
+            entries.len()
+        )));
+    }
+    entries[..num_samples as usize]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            entry_bytes(v).ok_or_else(|| {
+                corrupt(format!(
+                    "entry {i} is neither a string nor {{\"hex\": ...}}: {v}"
+                ))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! the number of images, and the output does not depend on the number of threads.
 //! The dataset is built in a hidden sibling directory and renamed into place at the end.
 
-use std::cell::RefCell;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
@@ -16,60 +15,35 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 use vantix_read::format::{
-    Codec, Geometry, Manifest, PackSettings, PartInfo, ShardInfo, Skipped, MANIFEST_FORMAT,
+    Codec, Geometry, Manifest, PackSettings, ShardInfo, Skipped, MANIFEST_FORMAT,
 };
 use vantix_read::{Error, Result};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::imaging::{process, truncation, ResizeSpec};
+use crate::imaging::{
+    process, truncation, Interpolation, ResizeMode, ResizeSpec, DEFAULT_MAX_PIXELS,
+};
 use crate::names;
-use crate::outdir::{Dir, Input, Staging};
+use crate::parts;
+pub use crate::parts::{check_part, part_range};
+use crate::staging::{explain_partial_error, Input, Staging};
 use crate::walk::{scan_with, SourceFile};
 use crate::writer::ShardWriter;
 
-/// Name of the informational list of source files, in record order.
-pub const SOURCES_NAME: &str = "sources.json";
-
-/// The first `num_samples` entries of the `sources.json` in `dir` (entries past them belong
-/// to an append that did not commit), as path bytes. `why` says, in a read error, what needs
-/// the list.
-pub(crate) fn read_sources(dir: &Dir, num_samples: u64, why: &str) -> Result<Vec<Vec<u8>>> {
-    let path = dir.show(SOURCES_NAME);
-    let mut bytes = Vec::new();
-    dir.open_file(SOURCES_NAME)
-        .and_then(|mut f| f.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e)))
-        .map_err(|e| Error::invalid(format!("{}: cannot read it ({e}); {why}", path.display())))?;
-    let corrupt = |msg: String| Error::corrupt(path.display().to_string(), msg);
-    let entries: Vec<serde_json::Value> = serde_json::from_slice(&bytes)
-        .map_err(|e| corrupt(format!("not a JSON list of file names: {e}")))?;
-    if (entries.len() as u64) < num_samples {
-        return Err(corrupt(format!(
-            "lists {} files but the dataset holds {num_samples} records",
-            entries.len()
-        )));
-    }
-    entries[..num_samples as usize]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            names::entry_bytes(v).ok_or_else(|| {
-                corrupt(format!(
-                    "entry {i} is neither a string nor {{\"hex\": ...}}: {v}"
-                ))
-            })
-        })
-        .collect()
-}
+/// Name of the informational list of source files, in record order (the codec's).
+pub use vantix_read::codec::SOURCES_NAME;
 
 /// Packing options (the CLI's flags and `vantix.pack`'s arguments).
 #[derive(Clone, Debug)]
 pub struct PackOptions {
+    /// Geometry, resize mode and decoding of every record.
     pub spec: ResizeSpec,
+    /// How records are stored (raw, or zstd with a level and filter).
     pub codec: Codec,
     /// Target size of one shard's data, in bytes.
     pub shard_size: u64,
     /// Worker threads (`None`: all cores).
-    pub jobs: Option<usize>,
+    pub num_threads: Option<usize>,
     /// Fail on the first unreadable file instead of skipping it.
     pub strict: bool,
     /// Replace an existing dataset at the output path.
@@ -86,7 +60,7 @@ pub struct PackOptions {
     /// `vantix-pack merge` joins the parts into one dataset.
     pub part: Option<(u64, u64)>,
     /// When zstd records are compressed with a dictionary trained at pack time.
-    pub zstd_dictionary: crate::writer::DictionaryMode,
+    pub dictionary: crate::writer::DictionaryMode,
     /// Pack truncated images (decoded as far as they go, the rest filled in by the decoder, as
     /// Pillow's `LOAD_TRUNCATED_IMAGES`) instead of skipping them with the reason "truncated";
     /// the manifest lists their records (`truncated`).
@@ -96,6 +70,37 @@ pub struct PackOptions {
     pub allow_empty: bool,
     /// Largest source file read, in bytes: a larger one is skipped without being read.
     pub max_file_bytes: u64,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        PackOptions {
+            spec: ResizeSpec {
+                width: 224,
+                height: 224,
+                mode: ResizeMode::CenterCrop,
+                interpolation: Interpolation::Bilinear,
+                pad_color: [0, 0, 0],
+                max_pixels: DEFAULT_MAX_PIXELS,
+                exact_decode: false,
+                channels: 3,
+                exif_orientation: false,
+            },
+            codec: Codec::Raw,
+            shard_size: DEFAULT_SHARD_SIZE,
+            num_threads: None,
+            strict: false,
+            overwrite: false,
+            progress: false,
+            report_skipped: true,
+            interrupt: None,
+            part: None,
+            dictionary: crate::writer::DictionaryMode::Auto,
+            allow_truncated: false,
+            allow_empty: false,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+        }
+    }
 }
 
 /// Default [`PackOptions::max_file_bytes`]: 1 GiB (a 16-bit RGB TIFF of 178 megapixels, the
@@ -112,65 +117,28 @@ impl std::fmt::Debug for Interrupt {
     }
 }
 
+/// Default target size of one shard's data: 512 MiB.
 pub const DEFAULT_SHARD_SIZE: u64 = 512 << 20;
 
 /// What a pack did.
 #[derive(Clone, Debug)]
 pub struct PackReport {
+    /// The dataset directory written.
     pub output: PathBuf,
+    /// Class names in label order (the sorted class folders).
     pub classes: Vec<String>,
+    /// Number of records packed.
     pub num_samples: u64,
+    /// Source files that could not be packed, with the reason.
     pub skipped: Vec<Skipped>,
     /// Indices of records packed from truncated files (with `allow_truncated`).
     pub truncated: Vec<u64>,
+    /// The shards written, as the manifest lists them.
     pub shards: Vec<ShardInfo>,
+    /// Total size of the shard files in bytes.
     pub bytes_written: u64,
+    /// Wall-clock time of the pack, in seconds.
     pub seconds: f64,
-}
-
-/// Encode one record as `codec` stores it; with `compress` false (a dictionary compresses in
-/// the writer) the record is only filtered.
-pub(crate) fn encode(
-    record: Vec<u8>,
-    codec: Codec,
-    geometry: Geometry,
-    compress: bool,
-) -> std::result::Result<Vec<u8>, String> {
-    thread_local! {
-        static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
-    }
-    match codec {
-        Codec::Raw => Ok(record),
-        Codec::Zstd { level, filter } => ZSTD.with(|cell| {
-            let record = if filter.is_none() {
-                record
-            } else {
-                let bpp = geometry.channels as usize;
-                let mut filtered = vec![0u8; record.len()];
-                vantix_read::filter::apply(
-                    filter,
-                    &record,
-                    &mut filtered,
-                    geometry.width as usize * bpp,
-                    bpp,
-                );
-                filtered
-            };
-            if !compress {
-                return Ok(record);
-            }
-            let mut slot = cell.borrow_mut();
-            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-                let c = zstd::bulk::Compressor::new(level).map_err(|e| e.to_string())?;
-                *slot = Some((level, c));
-            }
-            slot.as_mut()
-                .unwrap()
-                .1
-                .compress(&record)
-                .map_err(|e| format!("zstd: {e}"))
-        }),
-    }
 }
 
 /// Read a source file for decoding: only a regular file (symlinks followed, as Pillow opens
@@ -243,30 +211,13 @@ pub(crate) fn source_list_hash(files: &[SourceFile]) -> String {
     format!("{:016x}", h.digest())
 }
 
-/// The slice `[first, end)` of a sorted source list of `len` files that part `index` of `count`
-/// packs: `[floor(index * len / count), floor((index + 1) * len / count))`. The slices of all
-/// parts are contiguous, in order, and cover the list; a part is empty when `count > len`
-/// leaves it nothing.
-pub fn part_range(index: u64, count: u64, len: u64) -> (u64, u64) {
-    let at = |i: u64| (i as u128 * len as u128 / count as u128) as u64;
-    (at(index), at(index + 1))
-}
-
-/// Check a `--part I/N` request.
-pub fn check_part(index: u64, count: u64) -> Result<()> {
-    if count == 0 {
-        return Err(Error::invalid(format!(
-            "--part {index}/{count}: the number of parts must be at least 1"
-        )));
+impl PackOptions {
+    /// Check every option that its type does not already guarantee. This is the one place
+    /// they are checked: [`pack`] calls it first, and the CLI and the Python binding only
+    /// convert types (each option enum's `FromStr` parses its names).
+    pub fn validate(&self) -> Result<()> {
+        check_options(self)
     }
-    if index >= count {
-        return Err(Error::invalid(format!(
-            "--part {index}/{count}: parts are numbered from 0, so the index must be below {count} \
-             (0/{count} .. {}/{count})",
-            count - 1
-        )));
-    }
-    Ok(())
 }
 
 fn check_options(opts: &PackOptions) -> Result<()> {
@@ -290,11 +241,11 @@ fn check_options(opts: &PackOptions) -> Result<()> {
             )));
         }
     }
-    if opts.zstd_dictionary == crate::writer::DictionaryMode::On && opts.codec == Codec::Raw {
+    if opts.dictionary == crate::writer::DictionaryMode::On && opts.codec == Codec::Raw {
         return Err(Error::invalid("a zstd dictionary needs the zstd codec"));
     }
-    if opts.jobs == Some(0) {
-        return Err(Error::invalid("jobs must be at least 1"));
+    if opts.num_threads == Some(0) {
+        return Err(Error::invalid("num_threads must be at least 1"));
     }
     if opts.max_file_bytes == 0 {
         return Err(Error::invalid(
@@ -302,26 +253,9 @@ fn check_options(opts: &PackOptions) -> Result<()> {
         ));
     }
     if let Some((index, count)) = opts.part {
-        check_part(index, count)?;
+        parts::check_part(index, count)?;
     }
     Ok(())
-}
-
-/// A write error names a file of the (now removed) temporary directory: say so.
-pub(crate) fn explain_partial_error(e: Error, dst: &Path) -> Error {
-    match e {
-        Error::Io { path, source } if path.contains(".partial-") => Error::Io {
-            path: dst.display().to_string(),
-            source: std::io::Error::new(
-                source.kind(),
-                format!(
-                    "cannot write the dataset: {source} (writing {path}); the partial output \
-                     was removed and nothing was written at the output path"
-                ),
-            ),
-        },
-        e => e,
-    }
 }
 
 /// Pack the ImageFolder at `src` into a new dataset directory `dst`.
@@ -367,13 +301,8 @@ pub(crate) fn skipped(rel: &Path, reason: String) -> Skipped {
     }
 }
 
-/// Read, check, decode, resize and encode one source file; `Ok((record, truncated))`.
-fn pack_one(
-    path: &Path,
-    opts: &PackOptions,
-    geometry: Geometry,
-    compress: bool,
-) -> std::result::Result<(Vec<u8>, bool), String> {
+/// Read, check, decode and resize one source file; `Ok((pixels, truncated))`.
+fn pack_one(path: &Path, opts: &PackOptions) -> std::result::Result<(Vec<u8>, bool), String> {
     let bytes = read_source(path, opts.max_file_bytes)?;
     let damage = truncation(&bytes);
     if let Some(why) = &damage {
@@ -406,14 +335,11 @@ fn pack_one(
                 })?
         }
     };
-    Ok((
-        encode(record, opts.codec, geometry, compress)?,
-        damage.is_some(),
-    ))
+    Ok((record, damage.is_some()))
 }
 
-/// Decode, resize and encode `files` (relative to `root`) in parallel chunks with `opts`' spec
-/// and codec, and write them in order with `writer`; the first record written has the index
+/// Decode and resize `files` (relative to `root`) in parallel chunks with `opts`' spec, and
+/// write them in order with `writer` (which encodes them on the same threads); the first record written has the index
 /// `first_index`. `stopped` words the interrupt error.
 pub(crate) fn pack_files(
     root: &Path,
@@ -423,25 +349,17 @@ pub(crate) fn pack_files(
     first_index: u64,
     stopped: &dyn Fn() -> String,
 ) -> Result<Packed> {
-    let spec = opts.spec;
-    let geometry = Geometry {
-        width: spec.width,
-        height: spec.height,
-        channels: spec.channels,
-    };
     let threads = opts
-        .jobs
+        .num_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("vantix-pack-{i}"))
         .build()
-        .map_err(|e| Error::invalid(format!("cannot start {threads} threads: {e}")))?;
+        .map_err(|e| Error::internal(format!("cannot start {threads} threads: {e}")))?;
     let bar = progress_bar(opts.progress, files.len() as u64, "images");
     bar.set_message("packing");
 
-    // With a dictionary the writer compresses: records are only filtered here.
-    let dictionary = writer.compresses();
     let mut out = Packed {
         sources: Vec::with_capacity(files.len()),
         skipped: Vec::new(),
@@ -455,16 +373,17 @@ pub(crate) fn pack_files(
         let results: Vec<_> = pool.install(|| {
             files
                 .par_iter()
-                .map(|f| pack_one(&root.join(&f.rel), opts, geometry, !dictionary))
+                .map(|f| pack_one(&root.join(&f.rel), opts))
                 .collect()
         });
+        let mut records = Vec::with_capacity(results.len());
         for (f, res) in files.iter().zip(results) {
             match res {
-                Ok((stored, truncated)) => {
+                Ok((pixels, truncated)) => {
                     if truncated {
                         out.truncated.push(first_index + out.sources.len() as u64);
                     }
-                    writer.push(&stored, f.label)?;
+                    records.push((pixels, f.label));
                     out.sources.push(f.rel.as_os_str().as_bytes().to_vec());
                 }
                 Err(reason) => {
@@ -480,6 +399,7 @@ pub(crate) fn pack_files(
             }
             bar.inc(1);
         }
+        pool.install(|| writer.push_all(records))?;
     }
     bar.finish_and_clear();
     Ok(out)
@@ -507,7 +427,7 @@ pub(crate) fn pack_settings(root: &Path, opts: &PackOptions, files: &[SourceFile
 
 fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackReport> {
     let start = Instant::now();
-    check_options(opts)?;
+    opts.validate()?;
     let staging = Staging::begin(dst, opts.overwrite, &[Input::Source(src)])?;
     let folder = scan_with(src, opts.allow_empty)?;
 
@@ -519,10 +439,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
     };
     // A part packs one contiguous slice of the sorted list; classes, labels and the source
     // list hash stay the whole tree's, so `merge` can check that the parts belong together.
-    let (first, end) = match opts.part {
-        Some((index, count)) => part_range(index, count, folder.files.len() as u64),
-        None => (0, folder.files.len() as u64),
-    };
+    let (first, end) = parts::slice(opts.part, folder.files.len() as u64);
     let files = &folder.files[first as usize..end as usize];
     let mut writer = ShardWriter::new(
         Arc::clone(staging.dir()),
@@ -530,10 +447,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
         opts.codec,
         opts.shard_size,
     );
-    if opts
-        .zstd_dictionary
-        .applies(opts.codec, geometry.record_bytes())
-    {
+    if opts.dictionary.applies(opts.codec, geometry.record_bytes()) {
         writer = writer.with_dictionary()?;
     }
     let packed = pack_files(&folder.root, files, opts, &mut writer, 0, &|| {
@@ -558,12 +472,7 @@ fn pack_atomically(src: &Path, dst: &Path, opts: &PackOptions) -> Result<PackRep
         shards: shards.clone(),
         pack: pack_settings(src, opts, &folder.files),
         skipped: packed.skipped.clone(),
-        part: opts.part.map(|(index, count)| PartInfo {
-            index,
-            count,
-            first_source: first,
-            num_sources: end - first,
-        }),
+        part: parts::part_info(opts.part, first, end),
         appends: Vec::new(),
         truncated: packed.truncated.clone(),
         class_bytes: folder.class_bytes(),

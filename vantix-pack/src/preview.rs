@@ -27,8 +27,9 @@ pub const MIN_TILE_WIDTH: usize = 96;
 /// Sheet background (dark grey) and caption colour.
 pub const BACKGROUND: [u8; 3] = [32, 32, 32];
 const TEXT: [u8; 3] = [240, 240, 240];
-/// Side of a checkerboard square behind RGBA tiles, in sheet pixels, and its two greys.
+/// Side of a checkerboard square behind RGBA tiles, in sheet pixels.
 pub const CHECKER: usize = 8;
+/// The two greys of the checkerboard's squares, light first.
 pub const CHECKER_GREYS: [u8; 2] = [204, 153];
 
 /// `rgba` composited over the checkerboard at tile pixel `(tx, ty)`, rounded:
@@ -44,9 +45,13 @@ fn over_checker(rgba: &[u8], tx: usize, ty: usize) -> [u8; 3] {
 /// checkerboard of [`CHECKER`]-pixel squares so that transparency is visible).
 #[derive(Debug, Clone, Copy)]
 pub struct SheetGeometry {
+    /// Number of images (tiles) on the sheet.
     pub count: usize,
+    /// Height of one image in pixels, before scaling.
     pub height: usize,
+    /// Width of one image in pixels, before scaling.
     pub width: usize,
+    /// Channels per pixel of the images: 1, 3 or 4.
     pub channels: usize,
     /// Tiles per row.
     pub columns: usize,
@@ -116,6 +121,7 @@ impl SheetGeometry {
         }
     }
 
+    /// Rows of tiles: `count / columns`, rounded up.
     pub fn rows(&self) -> usize {
         self.count.div_ceil(self.columns)
     }
@@ -146,8 +152,11 @@ impl SheetGeometry {
 
 /// An RGB image, row-major, 3 bytes per pixel.
 pub struct Sheet {
+    /// Width of the sheet in pixels.
     pub width: usize,
+    /// Height of the sheet in pixels.
     pub height: usize,
+    /// The pixels: `height * width * 3` bytes, RGB.
     pub pixels: Vec<u8>,
 }
 
@@ -164,7 +173,7 @@ impl Sheet {
         )
         .map_err(|e| match e {
             image::ImageError::IoError(io) => Error::io(path, io),
-            other => Error::invalid(format!("{}: cannot write PNG: {other}", path.display())),
+            other => Error::internal(format!("{}: cannot write PNG: {other}", path.display())),
         })
     }
 

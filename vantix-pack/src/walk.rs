@@ -29,18 +29,23 @@ pub const IMG_EXTENSIONS: [&str; 9] = [
 /// One source image: its path relative to the ImageFolder root and its class index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceFile {
+    /// Path relative to the ImageFolder root, as the file system's bytes (`class/.../name.jpg`).
     pub rel: PathBuf,
+    /// Class index: the position of its class folder in [`ImageFolder::classes`].
     pub label: u32,
 }
 
 /// The classes and files of an ImageFolder, in torchvision's order.
 #[derive(Clone, Debug)]
 pub struct ImageFolder {
+    /// The root directory that was scanned.
     pub root: PathBuf,
     /// Class names in label order, readable form ([`crate::names::display`]).
     pub classes: Vec<String>,
     /// Class folder names in label order, exactly as the file system has them.
     pub class_names: Vec<OsString>,
+    /// Every image, class by class in label order, each class's files in torchvision's `os.walk`
+    /// order.
     pub files: Vec<SourceFile>,
 }
 
@@ -60,6 +65,7 @@ pub fn class_bytes(names: &[OsString]) -> std::collections::BTreeMap<u32, String
         .collect()
 }
 
+/// Whether `name` ends with one of [`IMG_EXTENSIONS`], ignoring ASCII case.
 pub fn has_image_extension(name: &[u8]) -> bool {
     IMG_EXTENSIONS.iter().any(|ext| {
         let e = ext.as_bytes();
@@ -127,10 +133,12 @@ pub fn scan(root: &Path) -> Result<ImageFolder> {
 /// index), as torchvision's `ImageFolder(root, allow_empty=True)`.
 pub fn scan_with(root: &Path, allow_empty: bool) -> Result<ImageFolder> {
     if !root.is_dir() {
-        return Err(Error::invalid(format!(
-            "{}: not a directory (expected an ImageFolder: one sub-folder per class)",
-            root.display()
-        )));
+        let kind = match root.exists() {
+            true => std::io::ErrorKind::NotADirectory,
+            false => std::io::ErrorKind::NotFound,
+        };
+        let why = "not a directory (expected an ImageFolder: one sub-folder per class)";
+        return Err(Error::io(root, std::io::Error::new(kind, why)));
     }
     let classes: Vec<OsString> = read_dir_sorted(root)?
         .into_iter()

@@ -1,29 +1,32 @@
-//! Writing shards. Records arrive in dataset order, already encoded (raw pixels or one zstd
-//! frame each). A shard's data is streamed to a scratch file while its tables grow in memory;
-//! when the shard is full the final file is written as header, tables, padding and data, and
-//! hashed on the way.
+//! Writing shards. Records arrive in dataset order as pixels; the writer encodes them with the
+//! record codec ([`vantix_read::codec`]: filter, zstd, dictionary), in parallel on the caller's
+//! rayon pool, and lays each shard out with [`ShardTable`]. A shard's data is streamed to a
+//! scratch file while its tables grow in memory; when the shard is full the final file is
+//! written as header, tables, padding and data, and hashed on the way.
 //!
-//! With a trained zstd dictionary ([`ShardWriter::with_dictionary`]) records arrive filtered
-//! but not compressed: the first ones are held back, a dictionary is trained on them, and
-//! every record is then compressed with it here. Each shard stores a copy of the dictionary,
-//! so a shard stays readable on its own.
+//! With a trained zstd dictionary ([`ShardWriter::with_dictionary`]) the first records are
+//! held back, a dictionary is trained on them (filtered), and every record is then compressed
+//! with it. Each shard stores a copy of the dictionary, so a shard stays readable on its own.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vantix_read::format::{Codec, Geometry, ShardHeader, ShardInfo, DICTIONARY_VERSION};
+use rayon::prelude::*;
+use vantix_read::codec::{RecordEncoder, ShardTable, SCRATCH_SUFFIX};
+use vantix_read::format::{Codec, Geometry, ShardInfo, DICTIONARY_VERSION};
 use vantix_read::{Error, Result};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::outdir::Dir;
 
-/// File name of shard `k`.
-pub fn shard_name(k: usize) -> String {
-    format!("shard-{k:05}.vxs")
-}
+/// File name of shard `k` (the record codec's, [`vantix_read::codec::shard_name`]).
+pub use vantix_read::codec::shard_name;
 
+/// Writes records, in order, into shard files of about `shard_size` bytes of data each
+/// ([`shard_name`]s in the output directory), each record encoded with the dataset's codec (and
+/// dictionary); [`finish`](Self::finish) gives the manifest's description of every shard.
 pub struct ShardWriter {
     /// Where shards are written, through its descriptor.
     dir: Arc<Dir>,
@@ -35,10 +38,13 @@ pub struct ShardWriter {
     next_index: u64,
     shards: Vec<ShardInfo>,
     current: Option<OpenShard>,
-    dict: Option<DictState>,
+    /// Encodes every record written (with the dictionary, once there is one).
+    encoder: RecordEncoder,
+    /// Set while records are held back to train a dictionary on.
+    training: Option<Training>,
 }
 
-/// When to compress zstd records with a dictionary trained at pack time (`--zstd-dict`).
+/// When to compress zstd records with a dictionary trained at pack time (`--dictionary`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DictionaryMode {
     /// For records of at most [`DICT_AUTO_MAX_RECORD`] bytes (small images, where per-record
@@ -55,14 +61,9 @@ pub enum DictionaryMode {
 pub const DICT_AUTO_MAX_RECORD: usize = 16 << 10;
 
 impl DictionaryMode {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "auto" => Some(Self::Auto),
-            "on" => Some(Self::On),
-            "off" => Some(Self::Off),
-            _ => None,
-        }
-    }
+    /// Every mode, in the order `FromStr`'s error lists them.
+    pub const ALL: [DictionaryMode; 3] = [Self::Auto, Self::On, Self::Off];
+    /// The mode's name on the CLI (`--dictionary`) and in Python: `"auto"`, `"on"` or `"off"`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Auto => "auto",
@@ -81,6 +82,14 @@ impl DictionaryMode {
     }
 }
 
+impl std::str::FromStr for DictionaryMode {
+    type Err = Error;
+    /// A mode by its [`name`](DictionaryMode::name); the error lists every mode.
+    fn from_str(s: &str) -> Result<Self> {
+        vantix_read::parse_choice("dictionary", s, &Self::ALL.map(|m| (m.name(), m)))
+    }
+}
+
 /// Records a dictionary is trained on: the first this many records...
 pub const DICT_TRAIN_RECORDS: usize = 4096;
 /// ...or as many as fit in this many bytes, whichever comes first.
@@ -91,28 +100,24 @@ pub const DICT_MIN_RECORDS: usize = 32;
 /// images, small next to a shard (see docs/COMPRESSION.md for the measurements behind it).
 pub const DICT_BYTES: usize = 16 << 10;
 
-/// A dictionary being trained, then used.
-struct DictState {
-    level: i32,
-    /// Records held back until the dictionary is trained: (filtered pixels, label).
+/// Records held back until a dictionary is trained on them: (pixels, label).
+#[derive(Default)]
+struct Training {
     pending: Vec<(Vec<u8>, u32)>,
     pending_bytes: usize,
-    trained: bool,
-    /// The dictionary (`None` after training when zstd could not train one: too few or too
-    /// uniform records; records are then compressed without one).
-    dictionary: Option<Vec<u8>>,
-    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl Training {
+    fn full(&self) -> bool {
+        self.pending.len() >= DICT_TRAIN_RECORDS || self.pending_bytes >= DICT_TRAIN_BYTES
+    }
 }
 
 struct OpenShard {
     scratch_name: String,
     scratch_path: PathBuf,
     scratch: BufWriter<File>,
-    first_index: u64,
-    data_len: u64,
-    labels: Vec<u32>,
-    crcs: Vec<u32>,
-    offsets: Vec<u64>,
+    table: ShardTable,
 }
 
 fn write_all(w: &mut impl Write, bytes: &[u8], path: &Path) -> Result<()> {
@@ -131,7 +136,8 @@ impl ShardWriter {
             next_index: 0,
             shards: Vec::new(),
             current: None,
-            dict: None,
+            encoder: RecordEncoder::new(codec, geometry),
+            training: None,
         }
     }
 
@@ -145,153 +151,134 @@ impl ShardWriter {
 
     /// Compress with `dictionary`, already trained (appending to a dataset that has one), so
     /// that every shard of the dataset carries the same dictionary and format version.
-    pub fn with_trained_dictionary(self, dictionary: Vec<u8>) -> Result<Self> {
-        let mut w = self.with_dictionary()?;
-        let d = w.dict.as_mut().expect("with_dictionary sets it");
-        d.compressor = zstd::bulk::Compressor::with_dictionary(d.level, &dictionary)
-            .map_err(|e| Error::invalid(format!("zstd dictionary: {e}")))?;
-        d.trained = true;
-        d.dictionary = Some(dictionary);
-        Ok(w)
+    pub fn with_trained_dictionary(mut self, dictionary: Vec<u8>) -> Result<Self> {
+        self.encoder = RecordEncoder::with_dictionary(self.codec, self.geometry, dictionary)?;
+        self.training = None;
+        Ok(self)
     }
 
-    /// Whether records given to [`push`](Self::push) are filtered pixels that the writer
-    /// compresses (with a dictionary), rather than encoded records.
-    pub fn compresses(&self) -> bool {
-        self.dict.is_some()
-    }
-
-    /// Compress records with a zstd dictionary trained on the first records. Records given to
-    /// [`push`](Self::push) are then the filtered, uncompressed pixels; `codec` must be zstd.
+    /// Compress records with a zstd dictionary trained on the first records; `codec` must be
+    /// zstd.
     pub fn with_dictionary(mut self) -> Result<Self> {
-        let Codec::Zstd { level, .. } = self.codec else {
+        if !matches!(self.codec, Codec::Zstd { .. }) {
             return Err(Error::invalid("a zstd dictionary needs the zstd codec"));
-        };
-        let compressor =
-            zstd::bulk::Compressor::new(level).map_err(|e| Error::invalid(format!("zstd: {e}")))?;
-        self.dict = Some(DictState {
-            level,
-            pending: Vec::new(),
-            pending_bytes: 0,
-            trained: false,
-            dictionary: None,
-            compressor,
-        });
+        }
+        self.training = Some(Training::default());
         Ok(self)
     }
 
     /// The format version of the shards written: 3 with a dictionary, else the codec's.
     /// Known once [`finish`](Self::finish) has run.
     pub fn format_version(&self) -> u32 {
-        match &self.dict {
-            Some(DictState {
-                dictionary: Some(_),
-                ..
-            }) => DICTIONARY_VERSION,
-            _ => self.codec.format_version(),
+        match self.encoder.dictionary() {
+            Some(_) => DICTIONARY_VERSION,
+            None => self.codec.format_version(),
         }
     }
 
     /// The trained dictionary, once there is one.
     pub fn dictionary(&self) -> Option<&[u8]> {
-        self.dict.as_ref()?.dictionary.as_deref()
+        self.encoder.dictionary()
     }
 
-    /// Append one record with its label: encoded (raw pixels or one zstd frame), or with a
-    /// dictionary, filtered pixels that are compressed here.
-    pub fn push(&mut self, record: &[u8], label: u32) -> Result<()> {
-        let Some(d) = self.dict.as_mut() else {
-            return self.push_stored(record, label);
-        };
-        if !d.trained {
-            d.pending.push((record.to_vec(), label));
-            d.pending_bytes += record.len();
-            if d.pending.len() >= DICT_TRAIN_RECORDS || d.pending_bytes >= DICT_TRAIN_BYTES {
+    /// Append one record: its pixels (`geometry.record_bytes()`, HWC uint8) and its label.
+    pub fn push(&mut self, pixels: &[u8], label: u32) -> Result<()> {
+        if self.training.is_some() {
+            return self.push_all(vec![(pixels.to_vec(), label)]);
+        }
+        let stored = self.encoder.encode(pixels)?;
+        self.write_stored(&stored, label)
+    }
+
+    /// Append records in order: `(pixels, label)` each. They are encoded in parallel on the
+    /// current rayon pool (call it inside `ThreadPool::install` to choose the pool); the
+    /// output does not depend on the number of threads.
+    pub fn push_all(&mut self, records: Vec<(Vec<u8>, u32)>) -> Result<()> {
+        let mut records = records.into_iter();
+        while let Some(t) = self.training.as_mut() {
+            let Some((pixels, label)) = records.next() else {
+                return Ok(());
+            };
+            t.pending_bytes += pixels.len();
+            t.pending.push((pixels, label));
+            if t.full() {
                 self.train()?;
             }
-            return Ok(());
         }
-        let frame = d
-            .compressor
-            .compress(record)
-            .map_err(|e| Error::invalid(format!("zstd: {e}")))?;
-        self.push_stored(&frame, label)
+        self.write_encoded(records.collect())
     }
 
-    /// Train the dictionary on the records held back, then compress and write them.
-    fn train(&mut self) -> Result<()> {
-        let Some(d) = self.dict.as_mut() else {
-            return Ok(());
-        };
-        if d.trained {
-            return Ok(());
+    /// Encode `records` in parallel, then write them in order.
+    fn write_encoded(&mut self, records: Vec<(Vec<u8>, u32)>) -> Result<()> {
+        let encoder = &self.encoder;
+        let stored: Vec<(Vec<u8>, u32)> = records
+            .into_par_iter()
+            .map(|(pixels, label)| Ok((encoder.encode_owned(pixels)?, label)))
+            .collect::<Result<_>>()?;
+        stored
+            .iter()
+            .try_for_each(|(stored, label)| self.write_stored(stored, *label))
+    }
+
+    /// Write one stored record with its label to the current shard, or to a new one when it is
+    /// full (a shard holds at least one record).
+    fn write_stored(&mut self, stored: &[u8], label: u32) -> Result<()> {
+        let cur = self.open_shard(stored.len())?;
+        write_all(&mut cur.scratch, stored, &cur.scratch_path)?;
+        let pad = cur.table.add(stored, label);
+        if pad > 0 {
+            write_all(&mut cur.scratch, &vec![0u8; pad], &cur.scratch_path)?;
         }
-        d.trained = true;
-        let samples: Vec<&[u8]> = d.pending.iter().map(|(r, _)| r.as_slice()).collect();
-        // zstd refuses to train on too few or too uniform samples: then there is no dictionary.
-        d.dictionary = (samples.len() >= DICT_MIN_RECORDS)
-            .then(|| zstd::dict::from_samples(&samples, DICT_BYTES).ok())
-            .flatten()
-            .filter(|dict| !dict.is_empty());
-        if let Some(dict) = &d.dictionary {
-            d.compressor = zstd::bulk::Compressor::with_dictionary(d.level, dict)
-                .map_err(|e| Error::invalid(format!("zstd dictionary: {e}")))?;
-        }
-        let pending = std::mem::take(&mut d.pending);
-        d.pending_bytes = 0;
-        for (record, label) in pending {
-            self.push(&record, label)?;
-        }
+        self.next_index += 1;
         Ok(())
     }
 
-    /// Append one stored record (raw pixels or one zstd frame) with its label.
-    fn push_stored(&mut self, stored: &[u8], label: u32) -> Result<()> {
-        let padded = match self.codec {
-            Codec::Raw => {
-                debug_assert_eq!(stored.len(), self.geometry.record_bytes());
-                self.geometry.raw_stride()
-            }
-            Codec::Zstd { .. } => stored.len() as u64,
+    /// Train the dictionary on the records held back (filtered, as they are compressed), then
+    /// encode and write them. zstd refuses to train on too few or too uniform records: then
+    /// records are compressed without a dictionary.
+    fn train(&mut self) -> Result<()> {
+        let Some(training) = self.training.take() else {
+            return Ok(());
         };
-        let full = self
-            .current
-            .as_ref()
-            .is_some_and(|c| !c.labels.is_empty() && c.data_len + padded > self.shard_size);
+        let samples: Vec<std::borrow::Cow<'_, [u8]>> = training
+            .pending
+            .iter()
+            .map(|(pixels, _)| self.encoder.filter(pixels))
+            .collect();
+        let samples: Vec<&[u8]> = samples.iter().map(|s| &s[..]).collect();
+        let dictionary = (samples.len() >= DICT_MIN_RECORDS)
+            .then(|| zstd::dict::from_samples(&samples, DICT_BYTES).ok())
+            .flatten()
+            .filter(|dict| !dict.is_empty());
+        if let Some(dictionary) = dictionary {
+            self.encoder = RecordEncoder::with_dictionary(self.codec, self.geometry, dictionary)?;
+        }
+        self.write_encoded(training.pending)
+    }
+
+    /// The shard a stored record of `len` bytes goes to: the current one, or a new one.
+    fn open_shard(&mut self, len: usize) -> Result<&mut OpenShard> {
+        let full = self.current.as_ref().is_some_and(|c| {
+            !c.table.is_empty() && c.table.data_size() + c.table.padded_len(len) > self.shard_size
+        });
         if full {
             self.finish_shard()?;
         }
         if self.current.is_none() {
-            let scratch_name = format!("{}.data", shard_name(self.first_shard + self.shards.len()));
+            let scratch_name = format!(
+                "{}{SCRATCH_SUFFIX}",
+                shard_name(self.first_shard + self.shards.len())
+            );
             let scratch_path = self.dir.show(&scratch_name);
             let f = self.dir.create(&scratch_name)?;
             self.current = Some(OpenShard {
                 scratch: BufWriter::with_capacity(1 << 20, f),
                 scratch_name,
                 scratch_path,
-                first_index: self.next_index,
-                data_len: 0,
-                labels: Vec::new(),
-                crcs: Vec::new(),
-                offsets: vec![0],
+                table: ShardTable::new(self.geometry, self.codec, self.next_index),
             });
         }
-        let cur = self.current.as_mut().unwrap();
-        write_all(&mut cur.scratch, stored, &cur.scratch_path)?;
-        let pad = padded - stored.len() as u64;
-        if pad > 0 {
-            write_all(
-                &mut cur.scratch,
-                &vec![0u8; pad as usize],
-                &cur.scratch_path,
-            )?;
-        }
-        cur.data_len += padded;
-        cur.labels.push(label);
-        cur.crcs.push(crc32fast::hash(stored));
-        cur.offsets.push(cur.data_len);
-        self.next_index += 1;
-        Ok(())
+        Ok(self.current.as_mut().expect("opened above"))
     }
 
     fn finish_shard(&mut self) -> Result<()> {
@@ -302,26 +289,13 @@ impl ShardWriter {
             scratch_name,
             scratch_path,
             scratch,
-            first_index,
-            data_len,
-            labels,
-            crcs,
-            offsets,
+            table,
         } = cur;
         let scratch = scratch
             .into_inner()
             .map_err(|e| Error::io(&scratch_path, e.into_error()))?;
         drop(scratch);
-        let n = labels.len() as u64;
-        let dictionary = self.dictionary().map(<[u8]>::to_vec);
-        let header = ShardHeader::layout_with_dictionary(
-            self.geometry,
-            self.codec,
-            n,
-            data_len,
-            first_index,
-            dictionary.as_deref(),
-        );
+        let (header, tables) = table.encode(self.encoder.dictionary());
         let name = shard_name(self.first_shard + self.shards.len());
         let path = self.dir.show(&name);
         let file = self.dir.create(&name)?;
@@ -331,23 +305,6 @@ impl ShardWriter {
             hash.update(bytes);
             write_all(out, bytes, &path)
         };
-        let mut tables = Vec::with_capacity((header.data_offset as usize).max(128));
-        tables.extend_from_slice(&header.encode());
-        labels
-            .iter()
-            .for_each(|l| tables.extend_from_slice(&l.to_le_bytes()));
-        crcs.iter()
-            .for_each(|c| tables.extend_from_slice(&c.to_le_bytes()));
-        if header.offsets_offset != 0 {
-            offsets
-                .iter()
-                .for_each(|o| tables.extend_from_slice(&o.to_le_bytes()));
-        }
-        if let Some(d) = &dictionary {
-            debug_assert_eq!(tables.len() as u64, header.dict_offset);
-            tables.extend_from_slice(d);
-        }
-        tables.resize(header.data_offset as usize, 0);
         emit(&tables, &mut out)?;
         let mut src = self.dir.open_file(&scratch_name)?;
         let mut buf = vec![0u8; 1 << 20];
@@ -369,7 +326,7 @@ impl ShardWriter {
             .map_err(|e| Error::io(&scratch_path, e))?;
         self.shards.push(ShardInfo {
             file: name,
-            num_records: n,
+            num_records: table.len() as u64,
             size_bytes: header.file_size(),
             xxh3: format!("{:016x}", hash.digest()),
         });
@@ -424,7 +381,7 @@ mod tests {
         let mut opts = PackOptions::default();
         (opts.spec.width, opts.spec.height) = (32, 32);
         opts.codec = codec;
-        opts.zstd_dictionary = mode;
+        opts.dictionary = mode;
         opts.shard_size = shard;
         opts.report_skipped = false;
         pack(src, dst, &opts).unwrap();
@@ -433,7 +390,10 @@ mod tests {
     fn all_batches(ds: Arc<Dataset>) -> Vec<(Vec<u8>, Vec<i64>)> {
         let config = LoaderConfig {
             batch_size: 64,
-            order: Order::Random,
+            sampler: vantix_read::Sampler {
+                order: Order::Random,
+                ..Default::default()
+            },
             num_threads: Some(2),
             ..LoaderConfig::default()
         };
@@ -495,7 +455,7 @@ mod tests {
         }
         // A dictionary is for zstd only.
         let opts = PackOptions {
-            zstd_dictionary: DictionaryMode::On,
+            dictionary: DictionaryMode::On,
             ..PackOptions::default()
         };
         let e = pack(&src, &tmp.path().join("x.vtx"), &opts).unwrap_err();

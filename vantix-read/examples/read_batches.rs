@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use vantix_read::{DType, Dataset, Layout, Loader, LoaderConfig, Order, Transform};
+use vantix_read::{DType, Dataset, Layout, Loader, LoaderConfig, Order, Sampler, Transform};
 
 fn main() {
     if let Err(e) = run() {
@@ -43,13 +43,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     let config = LoaderConfig {
         batch_size,
-        order: Order::Random,
-        seed: 0,
-        transform: Transform {
+        sampler: Sampler {
+            order: Order::Random,
+            seed: 0,
+            ..Sampler::default()
+        },
+        augment: Transform {
             // RandomCrop(size, padding=4) + RandomHorizontalFlip() + ToTensor() + Normalize().
             random_crop: Some((g.height, g.width)),
             padding: 4,
-            hflip: 0.5,
+            horizontal_flip: 0.5,
             // ImageNet's statistics for RGB; 0.5 per channel for grey or RGBA records.
             mean: match g.channels {
                 3 => vec![0.485, 0.456, 0.406],

@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::Mmap;
-use zstd::zstd_safe;
 
+use crate::codec::{DecodeError, RecordDecoder};
 use crate::error::{Error, Result};
 use crate::format::{
-    table_u32, table_u64, Codec, Geometry, Manifest, ShardHeader, MANIFEST_NAME, MAX_MANIFEST_BYTES,
+    table_u32, table_u64, Codec, Geometry, Manifest, ShardHeader, ShardInfo, MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
 };
 
 /// What identifies a shard file and its content on disk: the file (device and inode), its length
@@ -62,12 +63,24 @@ pub fn min_zstd_frame(n: usize) -> u64 {
 pub fn try_zeroed(len: usize, what: &str) -> Result<Vec<u8>> {
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| {
-        Error::invalid(format!(
+        Error::alloc(format!(
             "cannot allocate {len} bytes for {what}: not enough memory"
         ))
     })?;
     v.resize(len, 0);
     Ok(v)
+}
+
+/// How a pass will read the shards ([`Dataset::advise`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No particular order: the kernel's default readahead (`MADV_NORMAL`).
+    Normal,
+    /// Records in random order, each asked for ahead by the loader: no kernel readahead
+    /// (`MADV_RANDOM`).
+    Random,
+    /// Records in file order: aggressive kernel readahead (`MADV_SEQUENTIAL`).
+    Sequential,
 }
 
 /// One memory-mapped, validated shard. Its file descriptor is closed once the mapping exists
@@ -83,8 +96,8 @@ pub struct Shard {
     offsets: Vec<u64>,
     /// Set once the whole shard has passed verification (checked-read mode `shard`).
     verified: AtomicBool,
-    /// The shard's zstd dictionary, prepared for decompression (format version 3).
-    dict: Option<zstd_safe::DDict<'static>>,
+    /// Decodes its records (with the shard's zstd dictionary, format version 3).
+    decoder: RecordDecoder,
 }
 
 impl Shard {
@@ -118,12 +131,15 @@ impl Shard {
         };
         &self.mmap[start..end]
     }
+    /// The shard's file name inside the dataset directory, as the manifest lists it.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// Number of records in the shard.
     pub fn num_records(&self) -> u64 {
         self.header.num_records
     }
+    /// Size of the shard file in bytes (the length of its mapping).
     pub fn size_bytes(&self) -> u64 {
         self.mmap.len() as u64
     }
@@ -137,8 +153,7 @@ impl Shard {
     }
     /// The zstd dictionary stored in this shard, if any.
     pub fn dictionary(&self) -> Option<&[u8]> {
-        (self.header.dict_size > 0)
-            .then(|| self.table(self.header.dict_offset, self.header.dict_size as u64))
+        dictionary_in(&self.mmap, &self.header)
     }
 
     /// Check that the file behind the mapping still has the length and modification time it
@@ -187,6 +202,246 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Open the shard `info` of `manifest` (in the dataset directory `root`, whose manifest
+    /// file `mfile` names errors): a plain file name, a regular file (no symlink) of the size
+    /// the manifest gives, mapped, with a header, dictionary and tables that fit the manifest;
+    /// its first record must have the global index `first_index`. Its labels, each checked to
+    /// name a class, are appended to `labels`.
+    fn open(
+        root: &Path,
+        info: &ShardInfo,
+        manifest: &Manifest,
+        mfile: &str,
+        first_index: u64,
+        labels: &mut Vec<u32>,
+    ) -> Result<Shard> {
+        check_shard_name(&info.file, mfile)?;
+        let spath = root.join(&info.file);
+        let sname = spath.display().to_string();
+        let meta = std::fs::symlink_metadata(&spath).map_err(|e| Error::io(&spath, e))?;
+        if !meta.file_type().is_file() {
+            return Err(Error::corrupt(
+                &sname,
+                "shard is not a regular file (symlinks are refused)",
+            ));
+        }
+        // Opened without following symlinks: a link swapped in after the check above is
+        // refused too.
+        let (file, meta) = open_regular(&spath, "shard")?;
+        let stamp = Stamp::of(&meta);
+        let len = meta.len();
+        if len != info.size_bytes {
+            return Err(Error::corrupt(
+                &sname,
+                format!(
+                    "file is {len} bytes, the manifest says {} (truncated or replaced)",
+                    info.size_bytes
+                ),
+            ));
+        }
+        // SAFETY: the mapping is read-only; a file changed underneath by another process is
+        // outside what a mapping can guard against (see docs/FORMAT.md, "Concurrent changes").
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&spath, e))?;
+        if mmap.len() as u64 != len {
+            return Err(Error::corrupt(
+                &sname,
+                "file changed while it was being opened",
+            ));
+        }
+        let header = ShardHeader::decode(&mmap, len, &sname)?;
+        check_header(&header, info, manifest, first_index, &sname)?;
+        // The mapping does not need its descriptor: closing it here lets any number of
+        // shards open under a small `ulimit -n`; changes are checked by path.
+        drop(file);
+        let decoder = load_decoder(dictionary_in(&mmap, &header), &header, manifest, &sname)?;
+        let mut shard = Shard {
+            name: sname,
+            path: spath,
+            stamp,
+            mmap,
+            header,
+            offsets: Vec::new(),
+            verified: AtomicBool::new(false),
+            decoder,
+        };
+        // The tables are copied: their size is bounded by the file's (checked by
+        // `ShardHeader::decode`), and the allocation is fallible.
+        shard.copy_labels(manifest.classes.len() as u64, labels)?;
+        if header.offsets_offset != 0 {
+            shard.offsets = shard.copy_offsets(manifest.geometry)?;
+        }
+        Ok(shard)
+    }
+
+    fn alloc_error(&self) -> Error {
+        Error::corrupt(&self.name, "not enough memory for the shard's tables")
+    }
+
+    /// Append the shard's labels to `labels`, each checked to be below `num_classes`.
+    fn copy_labels(&self, num_classes: u64, labels: &mut Vec<u32>) -> Result<()> {
+        let n = self.header.num_records as usize;
+        labels.try_reserve(n).map_err(|_| self.alloc_error())?;
+        let table = self.labels();
+        for j in 0..n {
+            let label = table_u32(table, j);
+            if label as u64 >= num_classes {
+                return Err(Error::corrupt(
+                    &self.name,
+                    format!("record {j} has label {label} but there are {num_classes} classes"),
+                ));
+            }
+            labels.push(label);
+        }
+        Ok(())
+    }
+
+    /// The offsets table (zstd), checked: it starts at 0, ascends, ends at the data size, and
+    /// every frame is at least the smallest that can hold a record and at most a bound.
+    fn copy_offsets(&self, geometry: Geometry) -> Result<Vec<u64>> {
+        let (n, sname) = (self.header.num_records as usize, &self.name);
+        let record_bytes = geometry.record_bytes();
+        let o = self.mapped_offsets();
+        let mut offsets = Vec::new();
+        offsets
+            .try_reserve_exact(n + 1)
+            .map_err(|_| self.alloc_error())?;
+        let mut prev = table_u64(o, 0);
+        if prev != 0 {
+            return Err(Error::corrupt(sname, "offsets table does not start at 0"));
+        }
+        offsets.push(prev);
+        let min_frame = min_zstd_frame(record_bytes);
+        for j in 1..=n {
+            let cur = table_u64(o, j);
+            if cur < prev || cur - prev > (record_bytes as u64) * 2 + 1024 {
+                return Err(Error::corrupt(
+                    sname,
+                    format!("offsets table entry {j} is invalid"),
+                ));
+            }
+            if cur - prev < min_frame {
+                return Err(Error::corrupt(
+                    sname,
+                    format!(
+                        "record {}: a zstd frame of {} bytes cannot hold a record of \
+                         {record_bytes} bytes ({}x{}x{}; at least {min_frame} bytes)",
+                        j - 1,
+                        cur - prev,
+                        geometry.height,
+                        geometry.width,
+                        geometry.channels
+                    ),
+                ));
+            }
+            offsets.push(cur);
+            prev = cur;
+        }
+        if prev != self.header.data_size {
+            return Err(Error::corrupt(
+                sname,
+                "offsets table does not end at the data size",
+            ));
+        }
+        Ok(offsets)
+    }
+
+    /// Decode local record `j` into `dst` (`record_bytes` long).
+    fn decode_into(&self, j: usize, dst: &mut [u8]) -> Result<()> {
+        self.decoder
+            .decode_into(self.stored(j, dst.len()), dst)
+            .map_err(|e| {
+                let msg = match e {
+                    DecodeError::Frame(why) => format!("record {j}: zstd frame is damaged: {why}"),
+                    DecodeError::Size(n) => format!(
+                        "record {j}: decompressed to {n} bytes, expected {}",
+                        dst.len()
+                    ),
+                };
+                Error::corrupt(&self.name, msg)
+            })
+    }
+}
+
+/// The dictionary bytes of a shard whose (decoded, so in-bounds) header is `header`.
+fn dictionary_in<'a>(mmap: &'a [u8], header: &ShardHeader) -> Option<&'a [u8]> {
+    let (offset, size) = (header.dict_offset as usize, header.dict_size as usize);
+    (size > 0).then(|| &mmap[offset..offset + size])
+}
+
+/// The record decoder of a shard, with its `dictionary` (checked against the header's CRC-32).
+fn load_decoder(
+    dictionary: Option<&[u8]>,
+    header: &ShardHeader,
+    manifest: &Manifest,
+    sname: &str,
+) -> Result<RecordDecoder> {
+    if let Some(d) = dictionary {
+        if crc32fast::hash(d) != header.dict_crc {
+            return Err(Error::corrupt(
+                sname,
+                "zstd dictionary is damaged (its CRC-32 does not match the header)",
+            ));
+        }
+    }
+    RecordDecoder::new(manifest.codec, manifest.geometry, dictionary)
+        .ok_or_else(|| Error::corrupt(sname, "zstd dictionary cannot be loaded (it is damaged)"))
+}
+
+/// Check a shard's decoded header against the manifest's description of the dataset and of
+/// the shard (`info`), and its place (`first_index`).
+fn check_header(
+    header: &ShardHeader,
+    info: &ShardInfo,
+    manifest: &Manifest,
+    first_index: u64,
+    sname: &str,
+) -> Result<()> {
+    if header.geometry != manifest.geometry {
+        return Err(Error::corrupt(
+            sname,
+            "image geometry differs from the manifest",
+        ));
+    }
+    // A shard is written at the oldest version that describes it, so the shards of a merged
+    // dataset can differ (a small part without a dictionary is version 2 in a version 3
+    // dataset): each must be at least what the codec needs and at most the manifest's version.
+    if header.version > manifest.version || header.version < manifest.codec.format_version() {
+        return Err(Error::corrupt(
+            sname,
+            format!(
+                "shard version {} does not fit the manifest's version {} (codec {:?} needs at least {})",
+                header.version,
+                manifest.version,
+                manifest.codec.name(),
+                manifest.codec.format_version()
+            ),
+        ));
+    }
+    if header.codec_id != manifest.codec.id() || header.filter_id != manifest.codec.filter().id() {
+        return Err(Error::corrupt(
+            sname,
+            "codec or filter differs from the manifest",
+        ));
+    }
+    if header.num_records != info.num_records {
+        return Err(Error::corrupt(
+            sname,
+            format!(
+                "holds {} records, the manifest says {}",
+                header.num_records, info.num_records
+            ),
+        ));
+    }
+    if header.first_index != first_index {
+        return Err(Error::corrupt(
+            sname,
+            "shard is out of order (first record index)",
+        ));
+    }
+    Ok(())
+}
+
 /// How much a reader checks the stored checksums before serving a record (`verify=` in
 /// Python). Opening always validates lengths and offsets; this adds the checksums.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -202,13 +457,23 @@ pub enum Verify {
 }
 
 impl Verify {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "none" => Some(Verify::None),
-            "shard" => Some(Verify::Shard),
-            "record" => Some(Verify::Record),
-            _ => None,
+    /// Every level, from least to most checking (the order `FromStr`'s error lists them in).
+    pub const ALL: [Verify; 3] = [Verify::None, Verify::Shard, Verify::Record];
+    /// The name `verify=` takes in Python.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verify::None => "none",
+            Verify::Shard => "shard",
+            Verify::Record => "record",
         }
+    }
+}
+
+impl std::str::FromStr for Verify {
+    type Err = Error;
+    /// A verify level by its [`name`](Verify::name); the error lists every level.
+    fn from_str(s: &str) -> Result<Self> {
+        crate::parse_choice("verify", s, &Self::ALL.map(|v| (v.name(), v)))
     }
 }
 
@@ -254,8 +519,6 @@ pub struct Dataset {
 }
 
 thread_local! {
-    /// This thread's zstd decompression context, reused for every record.
-    static ZSTD: RefCell<Option<zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
     /// A decompressed record, for [`Dataset::with_record`].
     static RECORD: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -286,194 +549,25 @@ impl Dataset {
             path.to_path_buf()
         };
         if !root.is_dir() {
-            let what = if root.exists() {
-                "is not a directory"
+            let (kind, what) = if root.exists() {
+                (std::io::ErrorKind::NotADirectory, "is not a directory")
             } else {
-                "does not exist"
+                (std::io::ErrorKind::NotFound, "does not exist")
             };
-            return Err(Error::invalid(format!(
-                "{}: {what} (a Vantix dataset is a directory made by vantix-pack)",
-                root.display()
-            )));
+            let why = format!("{what} (a Vantix dataset is a directory made by vantix-pack)");
+            return Err(Error::io(&root, std::io::Error::new(kind, why)));
         }
         let manifest_path = root.join(MANIFEST_NAME);
         let mfile = manifest_path.display().to_string();
         let (manifest, stored_identity) = read_manifest(&manifest_path)?;
-        let geometry = manifest.geometry;
-        let record_bytes = geometry.record_bytes();
-        let num_classes = manifest.classes.len() as u64;
-
         let mut shards = Vec::with_capacity(manifest.shards.len());
         let mut starts = Vec::with_capacity(manifest.shards.len() + 1);
         let mut all_labels: Vec<u32> = Vec::new();
         let mut total = 0u64;
         for info in &manifest.shards {
-            check_shard_name(&info.file, &mfile)?;
-            let spath = root.join(&info.file);
-            let sname = spath.display().to_string();
-            let meta = std::fs::symlink_metadata(&spath).map_err(|e| Error::io(&spath, e))?;
-            if !meta.file_type().is_file() {
-                return Err(Error::corrupt(
-                    &sname,
-                    "shard is not a regular file (symlinks are refused)",
-                ));
-            }
-            // Opened without following symlinks: a link swapped in after the check above is
-            // refused too.
-            let (file, meta) = open_regular(&spath, "shard")?;
-            let stamp = Stamp::of(&meta);
-            let len = meta.len();
-            if len != info.size_bytes {
-                return Err(Error::corrupt(
-                    &sname,
-                    format!(
-                        "file is {len} bytes, the manifest says {} (truncated or replaced)",
-                        info.size_bytes
-                    ),
-                ));
-            }
-            // SAFETY: the mapping is read-only; a file changed underneath by another process is
-            // outside what a mapping can guard against (see docs/FORMAT.md, "Concurrent changes").
-            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&spath, e))?;
-            if mmap.len() as u64 != len {
-                return Err(Error::corrupt(
-                    &sname,
-                    "file changed while it was being opened",
-                ));
-            }
-            let header = ShardHeader::decode(&mmap, len, &sname)?;
-            if header.geometry != geometry {
-                return Err(Error::corrupt(
-                    &sname,
-                    "image geometry differs from the manifest",
-                ));
-            }
-            // A shard is written at the oldest version that describes it, so the shards of a
-            // merged dataset can differ (a small part without a dictionary is version 2 in a
-            // version 3 dataset): each must be at least what the codec needs and at most the
-            // manifest's version.
-            if header.version > manifest.version || header.version < manifest.codec.format_version()
-            {
-                return Err(Error::corrupt(
-                    &sname,
-                    format!(
-                        "shard version {} does not fit the manifest's version {} (codec {:?} needs at least {})",
-                        header.version,
-                        manifest.version,
-                        manifest.codec.name(),
-                        manifest.codec.format_version()
-                    ),
-                ));
-            }
-            if header.codec_id != manifest.codec.id()
-                || header.filter_id != manifest.codec.filter().id()
-            {
-                return Err(Error::corrupt(
-                    &sname,
-                    "codec or filter differs from the manifest",
-                ));
-            }
-            if header.num_records != info.num_records {
-                return Err(Error::corrupt(
-                    &sname,
-                    format!(
-                        "holds {} records, the manifest says {}",
-                        header.num_records, info.num_records
-                    ),
-                ));
-            }
-            if header.first_index != total {
-                return Err(Error::corrupt(
-                    &sname,
-                    "shard is out of order (first record index)",
-                ));
-            }
-            // The mapping does not need its descriptor: closing it here lets any number of
-            // shards open under a small `ulimit -n`; changes are checked by path.
-            drop(file);
-            let mut shard = Shard {
-                name: sname.clone(),
-                path: spath.clone(),
-                stamp,
-                mmap,
-                header,
-                offsets: Vec::new(),
-                verified: AtomicBool::new(false),
-                dict: None,
-            };
-            if let Some(d) = shard.dictionary() {
-                if crc32fast::hash(d) != header.dict_crc {
-                    return Err(Error::corrupt(
-                        &sname,
-                        "zstd dictionary is damaged (its CRC-32 does not match the header)",
-                    ));
-                }
-                let ddict = zstd_safe::DDict::try_create(d).ok_or_else(|| {
-                    Error::corrupt(&sname, "zstd dictionary cannot be loaded (it is damaged)")
-                })?;
-                shard.dict = Some(ddict);
-            }
-            // The tables are copied: their size is bounded by the file's (checked by
-            // `ShardHeader::decode`), and the allocation is fallible.
-            let n = header.num_records as usize;
-            let alloc_err = || Error::corrupt(&sname, "not enough memory for the shard's tables");
-            all_labels.try_reserve(n).map_err(|_| alloc_err())?;
-            let labels = shard.labels();
-            for j in 0..n {
-                let label = table_u32(labels, j);
-                if label as u64 >= num_classes {
-                    return Err(Error::corrupt(
-                        &sname,
-                        format!("record {j} has label {label} but there are {num_classes} classes"),
-                    ));
-                }
-                all_labels.push(label);
-            }
-            if header.offsets_offset != 0 {
-                let o = shard.mapped_offsets();
-                let mut offsets = Vec::new();
-                offsets.try_reserve_exact(n + 1).map_err(|_| alloc_err())?;
-                let mut prev = table_u64(o, 0);
-                if prev != 0 {
-                    return Err(Error::corrupt(&sname, "offsets table does not start at 0"));
-                }
-                offsets.push(prev);
-                let min_frame = min_zstd_frame(record_bytes);
-                for j in 1..=n {
-                    let cur = table_u64(o, j);
-                    if cur < prev || cur - prev > (record_bytes as u64) * 2 + 1024 {
-                        return Err(Error::corrupt(
-                            &sname,
-                            format!("offsets table entry {j} is invalid"),
-                        ));
-                    }
-                    if cur - prev < min_frame {
-                        return Err(Error::corrupt(
-                            &sname,
-                            format!(
-                                "record {}: a zstd frame of {} bytes cannot hold a record of \
-                                 {record_bytes} bytes ({}x{}x{}; at least {min_frame} bytes)",
-                                j - 1,
-                                cur - prev,
-                                geometry.height,
-                                geometry.width,
-                                geometry.channels
-                            ),
-                        ));
-                    }
-                    offsets.push(cur);
-                    prev = cur;
-                }
-                if prev != header.data_size {
-                    return Err(Error::corrupt(
-                        &sname,
-                        "offsets table does not end at the data size",
-                    ));
-                }
-                shard.offsets = offsets;
-            }
+            let shard = Shard::open(&root, info, &manifest, &mfile, total, &mut all_labels)?;
             starts.push(total);
-            total += header.num_records;
+            total += shard.header.num_records;
             shards.push(shard);
         }
         starts.push(total);
@@ -521,27 +615,36 @@ impl Dataset {
         &self.labels
     }
 
+    /// The dataset directory: the path given to [`Dataset::open`], or the folder of the
+    /// `manifest.json` it was given.
     pub fn root(&self) -> &Path {
         &self.root
     }
+    /// The parsed, validated manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
+    /// The shards, in manifest (global record) order.
     pub fn shards(&self) -> &[Shard] {
         &self.shards
     }
+    /// Geometry of every image in the dataset.
     pub fn geometry(&self) -> Geometry {
         self.manifest.geometry
     }
+    /// How the records are stored.
     pub fn codec(&self) -> Codec {
         self.manifest.codec
     }
+    /// Class names in class-index order: label `k` means `classes()[k]`.
     pub fn classes(&self) -> &[String] {
         &self.manifest.classes
     }
+    /// Number of samples (the manifest's `num_samples`).
     pub fn len(&self) -> usize {
         self.manifest.num_samples as usize
     }
+    /// Whether the dataset holds no samples.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -587,49 +690,43 @@ impl Dataset {
             )));
         }
         let (shard, j) = self.locate(i)?;
-        let src = shard.stored(j, rb);
-        match self.manifest.codec {
-            Codec::Raw => dst.copy_from_slice(src),
-            Codec::Zstd { .. } => {
-                // Straight into the caller's slot: no scratch buffer, no second copy.
-                let n = ZSTD.with(|cell| {
-                    let mut slot = cell.borrow_mut();
-                    let dctx = slot.get_or_insert_with(zstd_safe::DCtx::create);
-                    match &shard.dict {
-                        Some(ddict) => dctx.decompress_using_ddict(dst, src, ddict),
-                        None => dctx.decompress(dst, src),
-                    }
-                    .map_err(|code| {
-                        Error::corrupt(
-                            &shard.name,
-                            format!(
-                                "record {j}: zstd frame is damaged: {}",
-                                zstd_safe::get_error_name(code)
-                            ),
-                        )
-                    })
-                })?;
-                if n != rb {
-                    return Err(Error::corrupt(
-                        &shard.name,
-                        format!("record {j}: decompressed to {n} bytes, expected {rb}"),
-                    ));
-                }
-                let filter = self.manifest.codec.filter();
-                if !filter.is_none() {
-                    let g = self.manifest.geometry;
-                    let bpp = g.channels as usize;
-                    crate::filter::undo(filter, dst, g.width as usize * bpp, bpp);
-                }
-            }
-        }
-        Ok(())
+        shard.decode_into(j, dst)
     }
 
     /// Tell the kernel that the records of `indices` will be read soon (`madvise(WILLNEED)`),
     /// so that it starts reading them from disk now. Neighbouring records are merged into one
     /// range; this is a hint, and errors are ignored.
     pub fn will_need(&self, indices: &[u64]) {
+        self.advise_records(indices, |mmap, page, len| {
+            let _ = mmap.advise_range(memmap2::Advice::WillNeed, page, len);
+        });
+    }
+
+    /// Give the pages of the records of `indices` back to the kernel once they have been
+    /// copied (`madvise(MADV_PAGEOUT)`: clean file pages only this process maps are dropped
+    /// from the page cache at once, in bulk). In a full shuffle over data larger than memory a
+    /// record is read once per epoch: its pages are the least likely to be needed soon, and
+    /// dropping them here keeps free room for the readahead, so that no page read waits for
+    /// reclaim. A hint; errors are ignored, and the bytes served never change (a later read
+    /// faults them in again from the file).
+    pub fn done_with(&self, indices: &[u64]) {
+        self.advise_records(indices, |mmap, page, len| {
+            // SAFETY: `page .. page + len` lies within the mapping (advise_records); PAGEOUT
+            // on a read-only shared file mapping only drops clean page-cache pages, which a
+            // later access reads from the file again. It neither frees nor changes memory.
+            unsafe {
+                libc::madvise(
+                    mmap.as_ptr().add(page) as *mut libc::c_void,
+                    len,
+                    libc::MADV_PAGEOUT,
+                );
+            }
+        });
+    }
+
+    /// Call `advise(mapping, page-aligned offset, length)` for the stored bytes of the records
+    /// of `indices`, neighbouring records merged into one range.
+    fn advise_records(&self, indices: &[u64], advise: impl Fn(&Mmap, usize, usize)) {
         let rb = self.record_bytes();
         let mut spans: Vec<(usize, usize, usize)> = indices
             .iter()
@@ -651,9 +748,39 @@ impl Dataset {
         }
         for (k, lo, hi) in merged {
             let page = lo & !4095;
-            let _ = self.shards[k]
-                .mmap
-                .advise_range(memmap2::Advice::WillNeed, page, hi - page);
+            advise(&self.shards[k].mmap, page, hi - page);
+        }
+    }
+
+    /// Bytes stored for the records of `indices` (the pixels for raw records, the zstd frames
+    /// otherwise): what reading them takes from disk. Indices out of range count for nothing.
+    pub fn stored_bytes(&self, indices: &[u64]) -> u64 {
+        let rb = self.record_bytes();
+        indices
+            .iter()
+            .filter_map(|&i| self.position(i as usize).ok())
+            .map(|(k, j)| self.shards[k].stored(j, rb).len() as u64)
+            .sum()
+    }
+
+    /// Bytes of every shard file together (what the page cache holds for a cached epoch).
+    pub fn size_bytes(&self) -> u64 {
+        self.shards.iter().map(Shard::size_bytes).sum()
+    }
+
+    /// Tell the kernel how the shards will be read (`madvise` on every shard mapping), so
+    /// that its own readahead fits: [`Access::Random`] stops it reading neighbours that a full
+    /// shuffle will not ask for, [`Access::Sequential`] makes it read further ahead. The hint
+    /// belongs to the mapping, so it is shared by every loader of this dataset (the last one
+    /// set holds); it changes only speed, never what is read. Errors are ignored.
+    pub fn advise(&self, access: Access) {
+        let advice = match access {
+            Access::Normal => memmap2::Advice::Normal,
+            Access::Random => memmap2::Advice::Random,
+            Access::Sequential => memmap2::Advice::Sequential,
+        };
+        for shard in &self.shards {
+            let _ = shard.mmap.advise(advice);
         }
     }
 
@@ -670,7 +797,7 @@ impl Dataset {
             if buf.len() != rb {
                 buf.clear();
                 buf.try_reserve_exact(rb).map_err(|_| {
-                    Error::invalid(format!(
+                    Error::alloc(format!(
                         "cannot allocate {rb} bytes for a record of {}: not enough memory",
                         self.root.display()
                     ))
@@ -730,31 +857,26 @@ impl Dataset {
     fn verify_frames(&self, shard: &Shard) -> Result<()> {
         let rb = self.record_bytes();
         let mut scratch = try_zeroed(rb, "verifying a zstd record")?;
-        let mut dctx = zstd_safe::DCtx::create();
         for j in 0..shard.header.num_records as usize {
-            let src = shard.stored(j, rb);
             let sample = shard.header.first_index + j as u64;
-            let n = match &shard.dict {
-                Some(ddict) => dctx.decompress_using_ddict(&mut scratch[..], src, ddict),
-                None => dctx.decompress(&mut scratch[..], src),
-            }
-            .map_err(|code| Error::Checksum {
-                file: shard.name.clone(),
-                msg: format!(
-                    "record {j} (sample {sample}): zstd frame does not decompress to the \
-                     {rb}-byte record: {}",
-                    zstd_safe::get_error_name(code)
+            let why = match shard
+                .decoder
+                .decompress_into(shard.stored(j, rb), &mut scratch[..])
+            {
+                Ok(n) if n == rb => continue,
+                Ok(n) | Err(DecodeError::Size(n)) => format!(
+                    "record {j} (sample {sample}): zstd frame decompresses to {n} bytes, a \
+                     record is {rb}"
                 ),
-            })?;
-            if n != rb {
-                return Err(Error::Checksum {
-                    file: shard.name.clone(),
-                    msg: format!(
-                        "record {j} (sample {sample}): zstd frame decompresses to {n} bytes, \
-                         a record is {rb}"
-                    ),
-                });
-            }
+                Err(DecodeError::Frame(name)) => format!(
+                    "record {j} (sample {sample}): zstd frame does not decompress to the \
+                     {rb}-byte record: {name}"
+                ),
+            };
+            return Err(Error::Checksum {
+                file: shard.name.clone(),
+                msg: why,
+            });
         }
         Ok(())
     }
@@ -801,6 +923,23 @@ impl Dataset {
         let ks = self.shards_of(indices)?;
         ks.iter()
             .try_for_each(|&k| self.shards[k].check_unchanged())
+    }
+
+    /// Read from the shards of `indices` safely: [`check_before_read`](Self::check_before_read)
+    /// (unchanged on disk since open, checksums as `verify` asks), then `read` (which copies
+    /// the records of `indices`), then [`check_after_read`](Self::check_after_read) (nothing
+    /// changed during the copy). A shard truncated under a mapping would kill the process with
+    /// `SIGBUS` when read; this sequence turns every change it can see into an error instead.
+    pub fn read_checked<R>(
+        &self,
+        indices: &[u64],
+        verify: Verify,
+        read: impl FnOnce() -> Result<R>,
+    ) -> Result<R> {
+        self.check_before_read(indices, verify)?;
+        let out = read()?;
+        self.check_after_read(indices)?;
+        Ok(out)
     }
 
     /// Check the CRC-32 of sample `i`'s stored bytes against its shard's table.

@@ -1,5 +1,14 @@
-//! The on-disk format: every byte layout and every name lives here, so the packer (writer) and
-//! the reader can never disagree. The normative description is `docs/FORMAT.md`.
+//! The on-disk format: every byte layout lives here, so the packer (writer) and the reader can
+//! never disagree. The normative description is `docs/FORMAT.md`.
+//!
+//! The format has one home in two files:
+//! - here, what the bytes are: constants and versions, the manifest ([`Manifest`], its parsing,
+//!   checks and identity), the shard header ([`ShardHeader`]: its fields, layout, encoding and
+//!   checks) and the codec and filter enums;
+//! - in [`crate::codec`], how records and tables are written and read: record encode and
+//!   decode (prediction filter, zstd, dictionary), the shard table writer, and the names of
+//!   the files of a dataset (shards, `sources.json`). The filter kernels are
+//!   [`crate::filter`]'s.
 //!
 //! A dataset is a directory (`train.vtx/`) holding `manifest.json` and shard files. A shard is:
 //!
@@ -37,8 +46,9 @@ pub const HEADER_SIZE: usize = 128;
 pub const DATA_ALIGN: u64 = 4096;
 /// Alignment of a raw record's stride.
 pub const RECORD_ALIGN: u64 = 64;
-/// Upper bound on image geometry accepted from a file (per side and channels).
+/// Largest image width or height accepted from a file, in pixels.
 pub const MAX_SIDE: u32 = 1 << 16;
+/// Most channels per pixel accepted from a file (`RGBA`).
 pub const MAX_CHANNELS: u32 = 4;
 
 /// How records are stored.
@@ -51,7 +61,10 @@ pub enum Codec {
     /// `none`, each record's pixels were passed through that prediction filter before
     /// compression, and a reader undoes it after decompression.
     Zstd {
+        /// The zstd compression level used, `-131072..=22` (informational for reading).
         level: i32,
+        /// The prediction filter applied before compression; [`Filter::None`] (absent from the
+        /// manifest) needs only format version 1, any other version 2.
         #[serde(default, skip_serializing_if = "Filter::is_none")]
         filter: Filter,
     },
@@ -76,6 +89,7 @@ pub enum Filter {
 }
 
 impl Filter {
+    /// Every filter in id order: `ALL[id]` has the header id `id`.
     pub const ALL: [Filter; 5] = [
         Filter::None,
         Filter::Left,
@@ -87,9 +101,12 @@ impl Filter {
     pub fn id(self) -> u32 {
         self as u32
     }
+    /// The filter with header id `id` (offset 96), or `None` for an id this reader does not know.
     pub fn from_id(id: u32) -> Option<Self> {
         Self::ALL.get(id as usize).copied()
     }
+    /// The filter's name in the manifest, the CLI and Python: `"none"`, `"left"`, `"up"`, `"avg"`
+    /// or `"paeth"`.
     pub fn name(self) -> &'static str {
         match self {
             Filter::None => "none",
@@ -99,21 +116,44 @@ impl Filter {
             Filter::Paeth => "paeth",
         }
     }
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.name() == s)
-    }
+    /// Whether records are stored unfiltered (the manifest then omits `filter`).
     pub fn is_none(&self) -> bool {
         *self == Filter::None
     }
 }
 
+impl std::str::FromStr for Filter {
+    type Err = Error;
+    /// A filter by its [`name`](Filter::name); the error lists every filter.
+    fn from_str(s: &str) -> Result<Self> {
+        crate::parse_choice("filter", s, &Self::ALL.map(|f| (f.name(), f)))
+    }
+}
+
 impl Codec {
+    /// The codec names, as [`name`](Codec::name) gives them and [`FromStr`](std::str::FromStr)
+    /// parses them.
+    pub const NAMES: [&'static str; 2] = ["raw", "zstd"];
+    /// The zstd level of a codec named `"zstd"` without one (zstd's own default level).
+    pub const DEFAULT_LEVEL: i32 = 3;
+    /// The filter of a codec named `"zstd"` without one: `up`, which about halves the size of
+    /// photographs (docs/COMPRESSION.md).
+    pub const DEFAULT_FILTER: Filter = Filter::Up;
+    /// This codec with zstd's `level` and `filter` (a raw codec stays raw: they do not apply).
+    pub fn with_zstd_settings(self, level: i32, filter: Filter) -> Self {
+        match self {
+            Codec::Raw => Codec::Raw,
+            Codec::Zstd { .. } => Codec::Zstd { level, filter },
+        }
+    }
+    /// The codec id in a shard header (offset 28): `0` raw, `1` zstd.
     pub fn id(self) -> u32 {
         match self {
             Codec::Raw => 0,
             Codec::Zstd { .. } => 1,
         }
     }
+    /// The codec's `name` in the manifest: `"raw"` or `"zstd"`.
     pub fn name(self) -> &'static str {
         match self {
             Codec::Raw => "raw",
@@ -138,12 +178,28 @@ impl Codec {
     }
 }
 
+impl std::str::FromStr for Codec {
+    type Err = Error;
+    /// A codec by its name, `"raw"` or `"zstd"` (with [`Codec::DEFAULT_LEVEL`] and
+    /// [`Codec::DEFAULT_FILTER`]; see [`Codec::with_zstd_settings`]); the error lists the names.
+    fn from_str(s: &str) -> Result<Self> {
+        let zstd = Codec::Zstd {
+            level: Codec::DEFAULT_LEVEL,
+            filter: Codec::DEFAULT_FILTER,
+        };
+        crate::parse_choice("codec", s, &[("raw", Codec::Raw), ("zstd", zstd)])
+    }
+}
+
 /// Geometry of every image in a dataset: `height x width x channels`, uint8, HWC; the channels
 /// are the manifest's `channel_order` (`L` 1, `RGB` 3, `RGBA` 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Geometry {
+    /// Image width in pixels, `1..=`[`MAX_SIDE`].
     pub width: u32,
+    /// Image height in pixels, `1..=`[`MAX_SIDE`].
     pub height: u32,
+    /// Channels per pixel: 1 (`L`), 3 (`RGB`) or 4 (`RGBA`).
     pub channels: u32,
 }
 
@@ -156,6 +212,8 @@ impl Geometry {
     pub fn raw_stride(&self) -> u64 {
         align_up(self.record_bytes() as u64, RECORD_ALIGN)
     }
+    /// Check that both sides are in `1..=`[`MAX_SIDE`] and the channels in `1..=`[`MAX_CHANNELS`];
+    /// otherwise an [`Error::Corrupt`] naming `file`.
     pub fn validate(&self, file: &str) -> Result<()> {
         if self.width == 0 || self.height == 0 || self.width > MAX_SIDE || self.height > MAX_SIDE {
             return Err(Error::corrupt(
@@ -173,6 +231,7 @@ impl Geometry {
     }
 }
 
+/// `x` rounded up to the next multiple of `a` (`a > 0`): `ceil(x / a) * a`.
 pub fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
@@ -182,7 +241,9 @@ pub fn align_up(x: u64, a: u64) -> u64 {
 pub struct ShardInfo {
     /// File name inside the dataset directory (no directories).
     pub file: String,
+    /// Number of records `n` in the shard; equals its header's `num_records`.
     pub num_records: u64,
+    /// Exact size of the shard file in bytes.
     pub size_bytes: u64,
     /// xxh3-64 of the whole shard file, as 16 lower-case hex digits.
     pub xxh3: String,
@@ -194,6 +255,8 @@ pub struct Skipped {
     /// The path relative to the source root (readable form when it is not UTF-8: each byte
     /// outside valid UTF-8 as `\xNN`).
     pub path: String,
+    /// Why it was not packed (e.g. `cannot decode: file is empty`); a reason starting with
+    /// `truncated` marks a truncated image, packed only with `--allow-truncated`.
     pub reason: String,
     /// The path's exact bytes in lower-case hex, only when they are not UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,18 +266,24 @@ pub struct Skipped {
 /// How the dataset was made (informational; a reader does not depend on it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PackSettings {
+    /// Resize mode used by the packer (`"squash"`, `"center-crop"`, `"pad"`, ...).
     pub resize: String,
+    /// Resampling filter used when resizing (e.g. `"bilinear"`).
     pub interpolation: String,
+    /// RGB fill colour of the `pad` resize mode (default black): an `L` dataset is padded with its
+    /// luma, an `RGBA` one with this colour and alpha 255.
     #[serde(default)]
     pub pad_color: [u8; 3],
     /// The EXIF Orientation tag was applied before resizing (`--exif-orientation`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exif_orientation: bool,
+    /// The source directory the dataset was packed from, as given to the packer.
     pub source: String,
     /// Number of source files found (packed + skipped).
     pub source_files: u64,
     /// xxh3-64 over the sorted list of `relative path \0 label \n` of every source file.
     pub source_list_xxh3: String,
+    /// Version of the Vantix library that packed the dataset.
     pub vantix_version: String,
     /// Every JPEG was decoded at full size (`--exact-decode`); absent when false.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -236,8 +305,11 @@ fn is_false(b: &bool) -> bool {
 /// `vantix-pack merge` joins the parts into one dataset.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartInfo {
+    /// Which part this is, `0..count`.
     pub index: u64,
+    /// Number of parts the source list was cut into, at least 1.
     pub count: u64,
+    /// Position of the part's first file in the whole sorted source list.
     pub first_source: u64,
     /// Source files of this part (its records plus its skipped files).
     pub num_sources: u64,
@@ -249,7 +321,9 @@ pub struct PartInfo {
 pub struct AppendInfo {
     /// The folder the new images were taken from.
     pub source: String,
+    /// Global index of the first record this run added.
     pub first_index: u64,
+    /// Number of records this run added.
     pub num_samples: u64,
     /// New source files found (packed + skipped).
     pub source_files: u64,
@@ -258,24 +332,39 @@ pub struct AppendInfo {
     /// Classes this run added at the end of `classes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub new_classes: Vec<String>,
+    /// Version of the Vantix library that appended.
     pub vantix_version: String,
 }
 
 /// `manifest.json`: the human-readable index of a dataset.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Always `"vantix"` ([`MANIFEST_FORMAT`]).
     pub format: String,
+    /// Format version, [`MIN_FORMAT_VERSION`]`..=`[`FORMAT_VERSION`]: 1, or 2 when the codec has a
+    /// filter, or 3 when the shards store a zstd dictionary; at least [`Codec::format_version`].
     pub version: u32,
+    /// Image geometry, stored flattened as the top-level `width`, `height` and `channels`.
     #[serde(flatten)]
     pub geometry: Geometry,
+    /// Element type of a record: must be `"uint8"`.
     pub dtype: String,
+    /// Axis order of a record: must be `"HWC"`.
     pub layout: String,
+    /// `"L"` (grey), `"RGB"` or `"RGBA"` (alpha not premultiplied), with 1, 3 or 4 `channels`
+    /// respectively.
     pub channel_order: String,
+    /// How records are stored.
     pub codec: Codec,
+    /// Class names in class-index order: label `k` means `classes[k]`; at most `u32::MAX` entries.
     pub classes: Vec<String>,
+    /// Total number of records: the sum of the shards' `num_records`.
     pub num_samples: u64,
+    /// The shard files in global record order (empty only when `num_samples` is 0).
     pub shards: Vec<ShardInfo>,
+    /// How the dataset was made (informational, but it must be present and well-formed).
     pub pack: PackSettings,
+    /// Source files that could not be packed (informational; `[]` when absent).
     #[serde(default)]
     pub skipped: Vec<Skipped>,
     /// Set in a dataset made with `vantix-pack --part I/N` (absent otherwise).
@@ -296,7 +385,8 @@ pub struct Manifest {
 
 impl Manifest {
     /// Parse and check `manifest.json` bytes (`name` names the file in errors): the JSON must be
-    /// a version-1 manifest with in-range geometry and codec. Checks against the shard files are
+    /// a manifest of a version this reader knows ([`MIN_FORMAT_VERSION`] to [`FORMAT_VERSION`],
+    /// at least the one its codec needs) with in-range geometry and codec. Checks against the shard files are
     /// `Dataset::open`'s.
     pub fn parse(bytes: &[u8], name: &str) -> Result<Self> {
         if bytes.len() as u64 > MAX_MANIFEST_BYTES {
@@ -471,21 +561,44 @@ impl Manifest {
 /// | 124 | 4 | CRC-32 of bytes 0..124 |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardHeader {
+    /// Format version of this shard (bytes 8..12): at least what the codec needs, at most the
+    /// manifest's `version`, and [`DICTIONARY_VERSION`] exactly when the shard stores a dictionary.
     pub version: u32,
+    /// Width, height and channels (bytes 16..20, 20..24, 24..28); equal to the manifest's.
     pub geometry: Geometry,
+    /// Codec id (bytes 28..32): `0` raw, `1` zstd, as [`Codec::id`].
     pub codec_id: u32,
+    /// Prediction filter id (bytes 96..100, version 2 and later), as [`Filter::id`]; non-zero only
+    /// with zstd.
     pub filter_id: u32,
+    /// Number of records `n` (bytes 32..40).
     pub num_records: u64,
+    /// Distance between consecutive raw records (bytes 40..48): `align_up(record_bytes, 64)`;
+    /// 0 for zstd.
     pub stride: u64,
+    /// Start of the labels table, `n` x u32 (bytes 48..56): always 128.
     pub labels_offset: u64,
+    /// Start of the record CRC table, `n` x u32 (bytes 56..64): `128 + 4n`.
     pub crc_offset: u64,
+    /// Start of the offsets table, `n + 1` x u64 relative to `data_offset` (bytes 64..72): zstd
+    /// `128 + 8n`, raw 0 (no table).
     pub offsets_offset: u64,
+    /// Start of the data section (bytes 72..80): the end of the tables aligned up to
+    /// [`DATA_ALIGN`].
     pub data_offset: u64,
+    /// Length of the data section in bytes (bytes 80..88); `data_offset + data_size` is the file
+    /// size.
     pub data_size: u64,
+    /// Global index of the shard's first record (bytes 88..96): the sum of the earlier shards'
+    /// `num_records`.
     pub first_index: u64,
-    /// Offset, size and CRC-32 of the shard's zstd dictionary (all 0 without one).
+    /// Start of the zstd dictionary (bytes 104..112, version 3): the end of the offsets table;
+    /// 0 without one.
     pub dict_offset: u64,
+    /// Size of the zstd dictionary in bytes (bytes 100..104, version 3),
+    /// `1..=`[`MAX_DICTIONARY_BYTES`]; 0 without one.
     pub dict_size: u32,
+    /// CRC-32 of the dictionary's bytes (bytes 112..116, version 3); 0 without one.
     pub dict_crc: u32,
 }
 
@@ -581,6 +694,8 @@ impl ShardHeader {
         self.data_offset + self.data_size
     }
 
+    /// The 128 header bytes: the fields at their offsets, reserved bytes zero, and the CRC-32 of
+    /// bytes 0..124 in bytes 124..128.
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
         b[0..8].copy_from_slice(&SHARD_MAGIC);

@@ -5,7 +5,8 @@
 //!
 //! The key is XXH3-128 (32 lower-case hex digits) of a canonical text, one field per line,
 //! specified in `docs/FORMAT.md` §7.11 with a test vector. It covers the dataset's identity, the
-//! seed, the order (with the block settings), the subset of indices, and the augmentation and
+//! seed, the order (with the block settings; for `order="auto"` the order it resolved to on
+//! this machine, so that a resume where it resolves otherwise is refused), the subset of indices, and the augmentation and
 //! output options. It does not cover `batch_size`, `world_size`, `rank`, `drop_last`, the DDP
 //! remainder policy, `prefetch`, `num_threads` or `verify`: a resume may change those (the ranks
 //! split what is left of the same permutation).
@@ -21,22 +22,26 @@ use crate::transform::Transform;
 pub struct ResumeInputs<'a> {
     /// [`crate::Dataset::identity`] of the dataset read.
     pub dataset: &'a str,
+    /// The sampler's seed.
     pub seed: u64,
+    /// The epoch order, with its block settings.
     pub order: Order,
+    /// The subset of dataset indices drawn from (`None`: every sample).
     pub indices: Option<&'a [u64]>,
+    /// The augmentation and output options.
     pub transform: &'a Transform,
 }
 
 impl<'a> ResumeInputs<'a> {
     /// The inputs of `loader`'s key.
     pub fn of(loader: &'a Loader) -> Self {
-        let c = loader.config();
+        let (c, s) = (loader.config(), loader.sampler());
         ResumeInputs {
             dataset: loader.dataset().identity(),
-            seed: c.seed,
-            order: c.order,
-            indices: c.indices.as_deref(),
-            transform: &c.transform,
+            seed: s.seed,
+            order: s.order,
+            indices: s.indices.as_deref(),
+            transform: &c.augment,
         }
     }
 
@@ -52,6 +57,10 @@ impl<'a> ResumeInputs<'a> {
             Order::Block { block_size, window } => {
                 writeln!(t, "order block {block_size} {window}")
             }
+            // A loader resolves `Auto` when it is built: its key holds the order taken.
+            Order::Auto { block_size, window } => {
+                writeln!(t, "order auto {block_size} {window}")
+            }
         };
         let _ = match self.indices {
             None => writeln!(t, "indices all"),
@@ -61,31 +70,7 @@ impl<'a> ResumeInputs<'a> {
                 writeln!(t, "indices {} {:016x}", idx.len(), h.digest())
             }
         };
-        let tr = self.transform;
-        let f64s = |(a, b): (f64, f64)| format!("{:016x} {:016x}", a.to_bits(), b.to_bits());
-        let _ = if let Some((h, w)) = tr.random_crop {
-            writeln!(t, "crop random {h} {w} {}", tr.padding)
-        } else if let Some((h, w)) = tr.random_resized_crop {
-            writeln!(
-                t,
-                "crop random_resized {h} {w} {} {}",
-                f64s(tr.scale),
-                f64s(tr.ratio)
-            )
-        } else if let Some((h, w)) = tr.center_crop {
-            writeln!(t, "crop center {h} {w}")
-        } else {
-            writeln!(t, "crop none")
-        };
-        let _ = writeln!(t, "hflip {:016x}", tr.hflip.to_bits());
-        let f32s = |v: &[f32]| {
-            v.iter()
-                .map(|x| format!(" {:08x}", x.to_bits()))
-                .collect::<String>()
-        };
-        let _ = writeln!(t, "mean{}", f32s(&tr.mean));
-        let _ = writeln!(t, "std{}", f32s(&tr.std));
-        let _ = writeln!(t, "output {} {}", tr.dtype.name(), tr.layout.name());
+        self.transform.write_resume_text(&mut t);
         t
     }
 
@@ -112,7 +97,7 @@ mod tests {
     fn test_vector() {
         let tr = Transform {
             random_resized_crop: Some((224, 224)),
-            hflip: 0.5,
+            horizontal_flip: 0.5,
             ..Transform::default()
         };
         let inputs = ResumeInputs {
@@ -157,7 +142,7 @@ mod tests {
         other.seed = 8;
         assert_ne!(other.key(), inputs.key());
         let flip = Transform {
-            hflip: 0.25,
+            horizontal_flip: 0.25,
             ..tr.clone()
         };
         let mut other = inputs;

@@ -11,9 +11,11 @@
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator whose state starts at `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -38,7 +40,10 @@ impl SplitMix64 {
     }
 }
 
+use std::str::FromStr;
 use std::sync::Arc;
+
+use crate::error::{parse_choice, Error, Result};
 
 /// A 64-bit mix of several words, used to derive independent streams (epoch, sample, ...).
 pub fn mix(words: &[u64]) -> u64 {
@@ -62,7 +67,114 @@ pub enum Order {
     /// `window` consecutive (shuffled) blocks. Reads stay within `window` regions of
     /// `block_size` records at a time, so they are large and nearly sequential; the price is
     /// that a sample can only land near the other samples of its group in the order.
-    Block { block_size: u64, window: u64 },
+    Block {
+        /// Records per block, at least 1.
+        block_size: u64,
+        /// Blocks shuffled together, at least 1.
+        window: u64,
+    },
+    /// [`Order::Block`] (with these settings) when the dataset does not fit in the memory
+    /// this process can use, [`Order::Random`] when it does: resolved once, when a
+    /// [`crate::Loader`] is built ([`Order::resolve`]), so the order of a loader never changes
+    /// while it lives; its resume key holds the resolved order. A [`Sampler`] used on its own,
+    /// without a loader to resolve it, shuffles fully (as `Random`).
+    Auto {
+        /// Records per block if block order is taken, at least 1.
+        block_size: u64,
+        /// Blocks shuffled together if block order is taken, at least 1.
+        window: u64,
+    },
+}
+
+/// Records per block of [`Order::Block`] unless told otherwise (`block_size`).
+pub const DEFAULT_BLOCK_SIZE: u64 = 256;
+/// Blocks shuffled together in [`Order::Block`] unless told otherwise (`block_window`).
+pub const DEFAULT_BLOCK_WINDOW: u64 = 16;
+
+/// `"random"`, `"block"`, `"auto"` (both with [`DEFAULT_BLOCK_SIZE`] and
+/// [`DEFAULT_BLOCK_WINDOW`]) or `"sequential"`.
+impl FromStr for Order {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (block_size, window) = (DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_WINDOW);
+        parse_choice(
+            "order",
+            s,
+            &[
+                ("random", Order::Random),
+                ("block", Order::Block { block_size, window }),
+                ("auto", Order::Auto { block_size, window }),
+                ("sequential", Order::Sequential),
+            ],
+        )
+    }
+}
+
+impl Order {
+    /// The order `VantixLoader` options describe: `order` (see [`FromStr`]) with `shuffle`,
+    /// else [`Order::Sequential`]; `block_size` and `block_window` (at least 1 each, checked
+    /// whatever the order) set a block order's sizes.
+    pub fn from_options(shuffle: bool, order: &str, block_size: u64, window: u64) -> Result<Self> {
+        let order: Order = order.parse()?;
+        for (name, v) in [("block_size", block_size), ("block_window", window)] {
+            if v == 0 {
+                return Err(Error::invalid(format!(
+                    "{name} must be an int in [1, {}], got 0",
+                    u64::MAX
+                )));
+            }
+        }
+        Ok(match order {
+            _ if !shuffle => Order::Sequential,
+            Order::Block { .. } => Order::Block { block_size, window },
+            Order::Auto { .. } => Order::Auto { block_size, window },
+            other => other,
+        })
+    }
+
+    /// This order for a dataset that `fits` in memory or not: [`Order::Auto`] becomes block
+    /// order (its settings) when it does not fit, random when it does; the others stay.
+    pub fn resolve(self, fits: bool) -> Order {
+        match self {
+            Order::Auto { block_size, window } if !fits => Order::Block { block_size, window },
+            Order::Auto { .. } => Order::Random,
+            other => other,
+        }
+    }
+
+    /// The option name of this order: `"random"`, `"block"`, `"auto"` or `"sequential"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Order::Sequential => "sequential",
+            Order::Random => "random",
+            Order::Block { .. } => "block",
+            Order::Auto { .. } => "auto",
+        }
+    }
+}
+
+/// How an epoch that does not split evenly over the DDP ranks is made even (`ddp_remainder`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Remainder {
+    /// Pad by wrapping around to the start of the permutation: every sample is seen, a few
+    /// twice, as `DistributedSampler(drop_last=False)`.
+    #[default]
+    Pad,
+    /// Drop the tail of the permutation: every sample at most once, as
+    /// `DistributedSampler(drop_last=True)`.
+    Drop,
+}
+
+/// `"pad"` or `"drop"`.
+impl FromStr for Remainder {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        parse_choice(
+            "ddp_remainder",
+            s,
+            &[("pad", Remainder::Pad), ("drop", Remainder::Drop)],
+        )
+    }
 }
 
 /// Which samples one rank visits in one epoch.
@@ -73,15 +185,24 @@ pub struct Sampler {
     /// A subset of dataset indices to draw from instead of all of them (e.g. a validation
     /// split); the order is computed over positions in this list.
     pub indices: Option<Arc<[u64]>>,
+    /// The order of each epoch.
     pub order: Order,
+    /// Seed of the permutation; with the epoch number it fixes each epoch's order.
     pub seed: u64,
+    /// This process's DDP rank, `0..world_size`.
     pub rank: usize,
+    /// Number of DDP ranks that share each epoch, at least 1 (1: no DDP).
     pub world_size: usize,
-    /// How an epoch that does not split evenly over the ranks is made even: `false` pads by
-    /// wrapping around to the start of the permutation (every sample is seen, a few twice, as
-    /// `DistributedSampler(drop_last=False)`); `true` drops the tail of the permutation (every
-    /// sample at most once, as `DistributedSampler(drop_last=True)`).
-    pub drop_remainder: bool,
+    /// How an epoch that does not split evenly over the ranks is made even.
+    pub ddp_remainder: Remainder,
+}
+
+impl Default for Sampler {
+    /// No samples (a [`crate::Loader`] sets `num_samples` to its dataset's), random order,
+    /// seed 0, one rank.
+    fn default() -> Self {
+        Sampler::new(0, true, 0)
+    }
 }
 
 fn fisher_yates(items: &mut [u64], rng: &mut SplitMix64) {
@@ -105,7 +226,7 @@ impl Sampler {
             seed,
             rank: 0,
             world_size: 1,
-            drop_remainder: false,
+            ddp_remainder: Remainder::Pad,
         }
     }
 
@@ -122,7 +243,7 @@ impl Sampler {
         let mut rng = SplitMix64::new(mix(&[self.seed, epoch]));
         match self.order {
             Order::Sequential => {}
-            Order::Random => fisher_yates(&mut order, &mut rng),
+            Order::Random | Order::Auto { .. } => fisher_yates(&mut order, &mut rng),
             Order::Block { block_size, window } => {
                 let bs = block_size.max(1) as usize;
                 let mut blocks: Vec<u64> = (0..order.len().div_ceil(bs) as u64).collect();
@@ -149,25 +270,35 @@ impl Sampler {
         order
     }
 
-    /// Samples per rank in an epoch that starts `start` samples into the permutation: every
+    /// Samples per rank in an epoch entered `samples_seen` samples into the permutation: every
     /// rank gets the same number.
-    pub fn samples_per_rank(&self, start: u64) -> usize {
-        let rest = self.epoch_len().saturating_sub(start) as usize;
+    pub fn samples_per_rank(&self, samples_seen: u64) -> usize {
+        let rest = self.epoch_len().saturating_sub(samples_seen) as usize;
         let w = self.world_size.max(1);
-        if self.drop_remainder {
-            rest / w
-        } else {
-            rest.div_ceil(w)
+        match self.ddp_remainder {
+            Remainder::Drop => rest / w,
+            Remainder::Pad => rest.div_ceil(w),
         }
     }
 
-    /// This rank's samples for `epoch`, skipping the first `start` samples of the permutation
-    /// (already consumed by all ranks together, e.g. before a checkpoint): positions
-    /// `start + rank, start + rank + world_size, ...`, wrapping around to the start of the
-    /// permutation to pad. With `start = 0` this is `DistributedSampler`'s split; resuming
-    /// from `start = k * batch_size * world_size` continues an interrupted epoch exactly, and
-    /// with another `world_size` still visits every remaining sample once.
-    pub fn rank_indices(&self, epoch: u64, start: u64) -> Vec<u64> {
+    /// Where an epoch entered `samples_seen` samples into the permutation stands after every
+    /// rank took `batches` batches of `batch_size`: `samples_seen + batches * batch_size *
+    /// world_size`, the position a resumed pass starts from (the `samples_seen` of a loader's
+    /// `state_dict`).
+    pub fn samples_seen_after(&self, samples_seen: u64, batches: u64, batch_size: u64) -> u64 {
+        let w = self.world_size.max(1) as u64;
+        samples_seen.saturating_add(batches.saturating_mul(batch_size).saturating_mul(w))
+    }
+
+    /// This rank's samples for `epoch`, skipping the first `samples_seen` samples of the
+    /// permutation (already consumed by all ranks together, e.g. before a checkpoint):
+    /// positions `samples_seen + rank, samples_seen + rank + world_size, ...`, wrapping around
+    /// to the start of the permutation to pad. With `samples_seen = 0` this is
+    /// `DistributedSampler`'s split; resuming from [`Sampler::samples_seen_after`] continues an
+    /// interrupted epoch exactly, and with another `world_size` still visits every remaining
+    /// sample once.
+    pub fn rank_indices(&self, epoch: u64, samples_seen: u64) -> Vec<u64> {
+        let start = samples_seen;
         let per = self.samples_per_rank(start) as u64;
         if per == 0 {
             return Vec::new();
@@ -225,11 +356,16 @@ mod tests {
     }
 
     fn ranks(n: u64, world_size: usize, drop_remainder: bool) -> Vec<Sampler> {
+        let ddp_remainder = if drop_remainder {
+            Remainder::Drop
+        } else {
+            Remainder::Pad
+        };
         (0..world_size)
             .map(|rank| Sampler {
                 rank,
                 world_size,
-                drop_remainder,
+                ddp_remainder,
                 ..Sampler::new(n, true, 1)
             })
             .collect()
@@ -358,6 +494,61 @@ mod tests {
         all.sort_unstable();
         all.dedup();
         assert_eq!(all.len(), 29); // 22 remaining over 3 ranks: one dropped, none twice
+    }
+
+    #[test]
+    fn options_parse_with_every_choice_listed() {
+        assert_eq!("random".parse::<Order>().unwrap(), Order::Random);
+        assert_eq!("drop".parse::<Remainder>().unwrap(), Remainder::Drop);
+        let e = "x".parse::<Order>().unwrap_err().to_string();
+        assert!(
+            e.contains("'random', 'block', 'auto' or 'sequential'"),
+            "{e}"
+        );
+        let auto = Order::from_options(true, "auto", 8, 2).unwrap();
+        assert_eq!(
+            auto,
+            Order::Auto {
+                block_size: 8,
+                window: 2
+            }
+        );
+        assert_eq!(auto.resolve(true), Order::Random);
+        assert_eq!(
+            auto.resolve(false),
+            Order::Block {
+                block_size: 8,
+                window: 2
+            }
+        );
+        assert_eq!(Order::Random.resolve(false), Order::Random);
+        assert_eq!(auto.name(), "auto");
+        assert_eq!(
+            Order::from_options(false, "auto", 8, 2).unwrap(),
+            Order::Sequential
+        );
+        let e = "x".parse::<Remainder>().unwrap_err().to_string();
+        assert_eq!(e, "ddp_remainder must be one of 'pad' or 'drop', got \"x\"");
+        let block = Order::from_options(true, "block", 8, 2).unwrap();
+        assert_eq!(
+            block,
+            Order::Block {
+                block_size: 8,
+                window: 2
+            }
+        );
+        assert_eq!(
+            Order::from_options(false, "block", 8, 2).unwrap(),
+            Order::Sequential
+        );
+        assert!(Order::from_options(true, "random", 0, 2).is_err());
+        assert!(Order::from_options(false, "random", 8, 0).is_err());
+    }
+
+    #[test]
+    fn samples_seen_counts_every_rank() {
+        let s = &ranks(100, 3, false)[1];
+        assert_eq!(s.samples_seen_after(12, 2, 4), 12 + 2 * 4 * 3);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use crate::codec::{shard_name, RecordEncoder, ShardTable};
 use crate::error::{Error, Result};
 use crate::format::{
     xxh3_hex, Codec, Geometry, Manifest, PackSettings, ShardHeader, ShardInfo, MANIFEST_FORMAT,
@@ -56,63 +57,28 @@ fn build_tiny(codec: Codec, dictionary: Option<&[u8]>) -> TinyDataset {
         .map(|i| (0..rb as u32).map(|b| (i * 37 + b * 11) as u8).collect())
         .collect();
     let labels: Vec<u32> = (0..7).map(|i| i % 2).collect();
+    let encoder = match dictionary {
+        Some(d) => RecordEncoder::with_dictionary(codec, geometry, d.to_vec()).expect("zstd"),
+        None => RecordEncoder::new(codec, geometry),
+    };
     let mut files = Vec::new();
     let mut shards = Vec::new();
     let mut first = 0usize;
     for (k, n) in [4usize, 3].into_iter().enumerate() {
-        let recs = &images[first..first + n];
-        let stored: Vec<Vec<u8>> = recs
-            .iter()
-            .map(|r| match codec {
-                Codec::Raw => r.clone(),
-                Codec::Zstd { level, filter } => {
-                    let row = (geometry.width * geometry.channels) as usize;
-                    let mut filtered = vec![0u8; r.len()];
-                    crate::filter::apply(filter, r, &mut filtered, row, geometry.channels as usize);
-                    match dictionary {
-                        Some(d) => zstd::bulk::Compressor::with_dictionary(level, d)
-                            .and_then(|mut c| c.compress(&filtered))
-                            .expect("zstd"),
-                        None => zstd::bulk::compress(&filtered, level).expect("zstd"),
-                    }
-                }
-            })
-            .collect();
+        let mut table = ShardTable::new(geometry, codec, first as u64);
         let mut data = Vec::new();
-        let mut offsets = vec![0u64];
-        for s in &stored {
-            data.extend_from_slice(s);
-            if codec == Codec::Raw {
-                data.resize(data.len() + (geometry.raw_stride() as usize - s.len()), 0);
-            }
-            offsets.push(data.len() as u64);
+        for (image, &label) in images[first..first + n]
+            .iter()
+            .zip(&labels[first..first + n])
+        {
+            let stored = encoder.encode(image).expect("zstd");
+            let padding = table.add(&stored, label);
+            data.extend_from_slice(&stored);
+            data.resize(data.len() + padding, 0);
         }
-        let h = ShardHeader::layout_with_dictionary(
-            geometry,
-            codec,
-            n as u64,
-            data.len() as u64,
-            first as u64,
-            dictionary,
-        );
-        let mut bytes = h.encode().to_vec();
-        for l in &labels[first..first + n] {
-            bytes.extend_from_slice(&l.to_le_bytes());
-        }
-        for s in &stored {
-            bytes.extend_from_slice(&crc32fast::hash(s).to_le_bytes());
-        }
-        if h.offsets_offset != 0 {
-            offsets
-                .iter()
-                .for_each(|o| bytes.extend_from_slice(&o.to_le_bytes()));
-        }
-        if let Some(d) = dictionary {
-            bytes.extend_from_slice(d);
-        }
-        bytes.resize(h.data_offset as usize, 0);
+        let (_, mut bytes) = table.encode(dictionary);
         bytes.extend_from_slice(&data);
-        let name = format!("shard-{k:05}.vxs");
+        let name = shard_name(k);
         shards.push(ShardInfo {
             file: name.clone(),
             num_records: n as u64,

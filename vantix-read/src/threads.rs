@@ -141,7 +141,7 @@ pub fn pool(n: usize) -> Result<Arc<rayon::ThreadPool>> {
             .num_threads(n)
             .thread_name(|i| format!("vantix-assemble-{i}"))
             .build()
-            .map_err(|e| Error::invalid(format!("cannot start {n} threads: {e}")))?,
+            .map_err(|e| Error::internal(format!("cannot start {n} threads: {e}")))?,
     );
     map.retain(|_, w| w.strong_count() > 0);
     map.insert(n, Arc::downgrade(&p));

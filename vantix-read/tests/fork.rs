@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use vantix_read::{testing, Codec, Dataset, EpochIter, Loader, LoaderConfig};
+use vantix_read::{testing, Codec, Dataset, EpochIterator, Loader, LoaderConfig};
 
-fn images(pass: EpochIter) -> Vec<u8> {
+fn images(pass: EpochIterator) -> Vec<u8> {
     pass.flat_map(|b| b.expect("batch").images().to_vec())
         .collect()
 }

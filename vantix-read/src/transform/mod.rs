@@ -10,12 +10,12 @@
 //!   `fast_image_resize`);
 //! * `CenterCrop(size)`: torchvision's placement (`int(round((H - h) / 2))`, halves to even;
 //!   zero padding where the crop is larger than the image);
-//! * `RandomHorizontalFlip(p)`;
+//! * `RandomHorizontalFlip(p)` and `RandomVerticalFlip(p)`, of the crop (after its resize);
 //! * `ToTensor()` + `Normalize(mean, std)`: `(x / 255 - mean) / std` in float32 arithmetic
-//!   (float16 output rounds that float32 value to nearest). A float dtype without normalisation
+//!   (float16 and bfloat16 output round that float32 value to nearest even). A float dtype without normalisation
 //!   gives `x / 255`, as `ToTensor` alone; uint8 output keeps the pixel values.
 //!
-//! Output is `[B, H, W, C]` (NHWC) or `[B, C, H, W]` (NCHW) in uint8, float32 or float16, with
+//! Output is `[B, H, W, C]` (NHWC) or `[B, C, H, W]` (NCHW) in uint8, float32, float16 or bfloat16, with
 //! `C` the packed channel count (1 grey, 3 RGB, 4 RGBA). Every operation treats the channels
 //! alike and independently, as torchvision's tensor ops do: a random-resized-crop of RGBA
 //! records resizes the alpha channel as a fourth channel (no premultiplication), and
@@ -26,17 +26,19 @@
 //! `top = below(H + 2p - h + 1)`, then `left = below(W + 2p - w + 1)`; random-resized-crop: up to
 //! ten attempts of `area = H * W * (s0 + (s1 - s0) * next_f64())`, `ratio = exp(log r0 +
 //! (log r1 - log r0) * next_f64())`, then on success `top = below(H - h + 1)`,
-//! `left = below(W - w + 1)`), then, when `hflip > 0`, `flip = next_f64() < hflip`. A sample is
+//! `left = below(W - w + 1)`), then, when `horizontal_flip > 0`, `flip = next_f64() <
+//! horizontal_flip`, then, when `vertical_flip > 0`, `vertical_flip = next_f64() <
+//! vertical_flip`. A sample is
 //! therefore augmented the same way whatever the thread count, batch size or rank, and
 //! differently in another epoch.
 
-use std::cell::RefCell;
+mod kernels;
 
-use fast_image_resize::images::{CroppedImage, Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use std::str::FromStr;
 
-use crate::error::{Error, Result};
+use crate::error::{parse_choice, Error, Result};
 use crate::sampler::{mix, SplitMix64};
+use kernels::Lut;
 
 /// Fourth word of the per-sample seed, keeping augmentation draws apart from every other stream.
 pub const TRANSFORM_STREAM: u64 = u64::from_be_bytes(*b"vtxaugmt");
@@ -45,7 +47,7 @@ pub const TRANSFORM_STREAM: u64 = u64::from_be_bytes(*b"vtxaugmt");
 /// 16384 RGBA uint8, or 8192 x 8192 RGBA float32). Larger is a `VantixError` naming the option.
 pub const MAX_SAMPLE_BYTES: u64 = 1 << 30;
 /// Largest batch buffer (`batch_size` output images): 8 GiB. On top of it, the batch buffers a
-/// loader can hold (`prefetch + 2`) must fit in half the memory of the machine (or of its
+/// loader can hold ([`crate::LoaderConfig::buffers_held`]) must fit in half the memory of the machine (or of its
 /// cgroup), see [`Prepared::check_batch_memory`].
 pub const MAX_BATCH_BYTES: u64 = 8 << 30;
 
@@ -86,10 +88,17 @@ pub fn memory_limit() -> Option<u64> {
 /// Element type of the output images.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DType {
+    /// The packed bytes, 0-255 (the default; no normalisation).
     #[default]
     Uint8,
+    /// 32-bit floats: `x / 255`, then `(x - mean) / std` when `mean`/`std` are given.
     Float32,
+    /// 16-bit (IEEE half) floats: the float32 values rounded to the nearest half.
     Float16,
+    /// bfloat16 (the upper half of a float32): the float32 values rounded to nearest, ties to
+    /// even, as `torch.Tensor.to(torch.bfloat16)` rounds. numpy has no such type: the binding
+    /// serves the bit patterns as uint16, which Python views as `torch.bfloat16`.
+    BFloat16,
 }
 
 impl DType {
@@ -98,7 +107,7 @@ impl DType {
         match self {
             DType::Uint8 => 1,
             DType::Float32 => 4,
-            DType::Float16 => 2,
+            DType::Float16 | DType::BFloat16 => 2,
         }
     }
     /// numpy's name of the type.
@@ -107,15 +116,23 @@ impl DType {
             DType::Uint8 => "uint8",
             DType::Float32 => "float32",
             DType::Float16 => "float16",
+            DType::BFloat16 => "bfloat16",
         }
     }
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "uint8" => Some(DType::Uint8),
-            "float32" => Some(DType::Float32),
-            "float16" => Some(DType::Float16),
-            _ => None,
-        }
+}
+
+/// numpy's (and torch's) names: `"uint8"`, `"float32"`, `"float16"` or `"bfloat16"`.
+impl FromStr for DType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let choices = [
+            DType::Uint8,
+            DType::Float32,
+            DType::Float16,
+            DType::BFloat16,
+        ]
+        .map(|d| (d.name(), d));
+        parse_choice("dtype", s, &choices)
     }
 }
 
@@ -127,23 +144,60 @@ pub enum Layout {
     Nhwc,
     /// `[B, C, H, W]`, PyTorch's default layout (channel planes).
     Nchw,
+    /// `[B, C, H, W]`-shaped batches in NHWC memory: what `torch.channels_last` calls
+    /// contiguous. The pixels are assembled as for [`Layout::Nhwc`]; the batch's shape is NCHW
+    /// and its strides are NHWC's ([`Layout::memory`]), so a binding serves an NCHW view of
+    /// NHWC memory without a copy (`VantixLoader(layout="NCHW", channels_last=True)`).
+    ChannelsLast,
 }
 
 impl Layout {
+    /// The option's spelling (`"NHWC"`, `"NCHW"`; `"channels_last"`).
     pub fn name(self) -> &'static str {
         match self {
             Layout::Nhwc => "NHWC",
             Layout::Nchw => "NCHW",
+            Layout::ChannelsLast => "channels_last",
         }
     }
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "NHWC" | "nhwc" => Some(Layout::Nhwc),
-            "NCHW" | "nchw" => Some(Layout::Nchw),
-            _ => None,
+    /// The order of the bytes in memory: [`Layout::Nhwc`] for [`Layout::ChannelsLast`].
+    pub fn memory(self) -> Layout {
+        match self {
+            Layout::ChannelsLast => Layout::Nhwc,
+            other => other,
+        }
+    }
+    /// `layout` with `channels_last` (`VantixLoader`'s two options): NCHW-shaped batches in
+    /// channels-last memory, which only NCHW can be.
+    pub fn with_channels_last(self, channels_last: bool) -> Result<Layout> {
+        match (self, channels_last) {
+            (layout, false) => Ok(layout),
+            (Layout::Nchw | Layout::ChannelsLast, true) => Ok(Layout::ChannelsLast),
+            (Layout::Nhwc, true) => Err(Error::invalid(
+                "channels_last=True gives NCHW-shaped batches in channels-last memory: use it \
+                 with layout='NCHW'",
+            )),
         }
     }
 }
+
+/// `"NHWC"` or `"NCHW"` in any case, or `"channels_last"`.
+impl FromStr for Layout {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let choices = [("NHWC", Layout::Nhwc), ("NCHW", Layout::Nchw)];
+        if s == "channels_last" {
+            return Ok(Layout::ChannelsLast);
+        }
+        parse_choice("layout", &s.to_ascii_uppercase(), &choices)
+            .or_else(|_| parse_choice("layout", s, &choices))
+    }
+}
+
+/// `RandomResizedCrop`'s default `scale`.
+pub const DEFAULT_SCALE: (f64, f64) = (0.08, 1.0);
+/// `RandomResizedCrop`'s default `ratio`.
+pub const DEFAULT_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
 
 /// What the assembler does to every image. The default is the identity: the packed uint8 NHWC
 /// records, copied as they are.
@@ -162,14 +216,18 @@ pub struct Transform {
     /// `CenterCrop((h, w))`: output `(height, width)`.
     pub center_crop: Option<(u32, u32)>,
     /// Probability of a horizontal flip (`RandomHorizontalFlip(p)`).
-    pub hflip: f64,
+    pub horizontal_flip: f64,
+    /// Probability of a vertical flip (`RandomVerticalFlip(p)`).
+    pub vertical_flip: f64,
     /// `Normalize`'s mean, one per channel (in the packed channel order), on the 0-1 scale
     /// (float output only). Empty: 0 for every channel (no normalisation).
     pub mean: Vec<f32>,
     /// `Normalize`'s std, one per channel, on the 0-1 scale (float output only). Empty: 1 for
     /// every channel.
     pub std: Vec<f32>,
+    /// Element type of the output images.
     pub dtype: DType,
+    /// Memory layout of the output batches.
     pub layout: Layout,
 }
 
@@ -179,10 +237,11 @@ impl Default for Transform {
             random_crop: None,
             padding: 0,
             random_resized_crop: None,
-            scale: (0.08, 1.0),
-            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            scale: DEFAULT_SCALE,
+            ratio: DEFAULT_RATIO,
             center_crop: None,
-            hflip: 0.0,
+            horizontal_flip: 0.0,
+            vertical_flip: 0.0,
             mean: Vec::new(),
             std: Vec::new(),
             dtype: DType::Uint8,
@@ -193,7 +252,8 @@ impl Default for Transform {
 
 /// The parameters drawn for one sample. Reproduce them with torchvision's functional ops on the
 /// packed image: `F.crop(img, top, left, height, width)` (zero fill outside the image), then
-/// `F.resize(..., size, antialias=True)` for a random-resized-crop, then `F.hflip` if `flip`.
+/// `F.resize(..., size, antialias=True)` for a random-resized-crop, then `F.hflip` if `flip`,
+/// then `F.vflip` if `vertical_flip`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Params {
     /// Top row of the crop in the packed image; negative inside the zero padding (a random
@@ -205,7 +265,10 @@ pub struct Params {
     pub height: u32,
     /// Crop width in packed-image pixels.
     pub width: u32,
+    /// `F.hflip` of the (resized) crop: whether it is mirrored left to right.
     pub flip: bool,
+    /// `F.vflip` of the (resized) crop.
+    pub vertical_flip: bool,
 }
 
 fn round_half_even(x: f64) -> i64 {
@@ -218,13 +281,53 @@ impl Transform {
         self.random_crop.is_none()
             && self.random_resized_crop.is_none()
             && self.center_crop.is_none()
-            && self.hflip <= 0.0
+            && self.horizontal_flip <= 0.0
+            && self.vertical_flip <= 0.0
             && self.dtype == DType::Uint8
-            && self.layout == Layout::Nhwc
+            && self.layout.memory() == Layout::Nhwc
     }
 
-    fn is_normalizing(&self) -> bool {
-        self.mean.iter().any(|&m| m != 0.0) || self.std.iter().any(|&s| s != 1.0)
+    /// `Normalize` was asked for (`mean` and `std` given), whatever their values.
+    fn has_normalize(&self) -> bool {
+        !self.mean.is_empty() || !self.std.is_empty()
+    }
+
+    /// Append this transform's lines of the resume key's text (`docs/FORMAT.md` §7.11) to
+    /// `t`: every option that changes the pixels a sample gets. They live here, beside the
+    /// options, so that a new option extends the key where it is defined.
+    pub fn write_resume_text(&self, t: &mut String) {
+        use std::fmt::Write;
+        let f64s = |(a, b): (f64, f64)| format!("{:016x} {:016x}", a.to_bits(), b.to_bits());
+        let _ = if let Some((h, w)) = self.random_crop {
+            writeln!(t, "crop random {h} {w} {}", self.padding)
+        } else if let Some((h, w)) = self.random_resized_crop {
+            writeln!(
+                t,
+                "crop random_resized {h} {w} {} {}",
+                f64s(self.scale),
+                f64s(self.ratio)
+            )
+        } else if let Some((h, w)) = self.center_crop {
+            writeln!(t, "crop center {h} {w}")
+        } else {
+            writeln!(t, "crop none")
+        };
+        let _ = writeln!(t, "hflip {:016x}", self.horizontal_flip.to_bits());
+        // Only when on, so that the keys of loaders without it stay what they were.
+        if self.vertical_flip > 0.0 {
+            let _ = writeln!(t, "vflip {:016x}", self.vertical_flip.to_bits());
+        }
+        let f32s = |v: &[f32]| {
+            v.iter()
+                .map(|x| format!(" {:08x}", x.to_bits()))
+                .collect::<String>()
+        };
+        let _ = writeln!(t, "mean{}", f32s(&self.mean));
+        let _ = writeln!(t, "std{}", f32s(&self.std));
+        // The memory layout: `channels_last` batches are NHWC memory seen as NCHW, the same
+        // bytes.
+        let layout = self.layout.memory().name();
+        let _ = writeln!(t, "output {} {layout}", self.dtype.name());
     }
 
     /// Check the options against images of `height x width x channels`.
@@ -234,13 +337,25 @@ impl Transform {
                 "images with {channels} channels are not supported"
             )));
         }
+        if self.mean.is_empty() != self.std.is_empty() {
+            return Err(Error::invalid(
+                "give both mean and std (Normalize), or neither",
+            ));
+        }
         for (name, values) in [("mean", &self.mean), ("std", &self.std)] {
             if !values.is_empty() && values.len() != channels as usize {
+                let s = if channels == 1 { "" } else { "s" };
+                let order = match channels {
+                    1 => "L",
+                    3 => "R, G, B",
+                    4 => "R, G, B, A",
+                    _ => "?",
+                };
                 return Err(Error::invalid(format!(
-                    "{name} has {} values but the images have {channels} channel{}: give one \
-                     value per channel",
+                    "{name} has {} values but the images have {channels} channel{s}: {name} \
+                     must be {channels} finite number{s}, one per channel of the packed images \
+                     ({order}), or a single number for all",
                     values.len(),
-                    if channels == 1 { "" } else { "s" }
                 )));
             }
         }
@@ -262,7 +377,8 @@ impl Transform {
             if let Some((h, w)) = size {
                 if h == 0 || w == 0 || h > crate::format::MAX_SIDE || w > crate::format::MAX_SIDE {
                     return Err(Error::invalid(format!(
-                        "{name} size ({h}, {w}) is out of range (1 to {} per side)",
+                        "{name} size ({h}, {w}) is out of range: at least 1 pixel per side, at \
+                         most {}",
                         crate::format::MAX_SIDE
                     )));
                 }
@@ -309,10 +425,16 @@ impl Transform {
                 self.ratio
             )));
         }
-        if !(0.0..=1.0).contains(&self.hflip) {
+        if !(0.0..=1.0).contains(&self.vertical_flip) {
+            return Err(Error::invalid(format!(
+                "vertical_flip is a probability in [0, 1], got {}",
+                self.vertical_flip
+            )));
+        }
+        if !(0.0..=1.0).contains(&self.horizontal_flip) {
             return Err(Error::invalid(format!(
                 "horizontal_flip is a probability in [0, 1], got {}",
-                self.hflip
+                self.horizontal_flip
             )));
         }
         if self.mean.iter().any(|m| !m.is_finite()) {
@@ -321,15 +443,22 @@ impl Transform {
                 self.mean
             )));
         }
-        if self.std.iter().any(|s| !s.is_finite() || *s == 0.0) {
+        if self.std.iter().any(|s| !s.is_finite()) {
             return Err(Error::invalid(format!(
-                "std must be finite and non-zero, got {:?}",
+                "std must be finite, got {:?}",
                 self.std
             )));
         }
-        if self.is_normalizing() && self.dtype == DType::Uint8 {
+        if self.std.contains(&0.0) {
+            return Err(Error::invalid(format!(
+                "std must not contain 0, got {:?}",
+                self.std
+            )));
+        }
+        if self.has_normalize() && self.dtype == DType::Uint8 {
             return Err(Error::invalid(
-                "mean/std normalisation needs a float dtype (float32 or float16)",
+                "mean/std normalisation needs dtype float32, float16 or bfloat16 (uint8 output is the raw \
+                 pixel values)",
             ));
         }
         Ok(())
@@ -356,24 +485,9 @@ impl Transform {
             .unwrap_or((height, width))
     }
 
-    /// Shape of a batch of `n` output images of `channels` channels, in the output layout.
-    pub fn batch_shape(&self, n: usize, height: u32, width: u32, channels: u32) -> [usize; 4] {
-        let (h, w) = self.output_size(height, width);
-        let (h, w, c) = (h as usize, w as usize, channels as usize);
-        match self.layout {
-            Layout::Nhwc => [n, h, w, c],
-            Layout::Nchw => [n, c, h, w],
-        }
-    }
-
-    /// Bytes of one output image of `channels` channels.
-    pub fn sample_bytes(&self, height: u32, width: u32, channels: u32) -> usize {
-        let (h, w) = self.output_size(height, width);
-        h as usize * w as usize * channels as usize * self.dtype.size()
-    }
-
-    /// The parameters drawn for dataset sample `index` of `epoch` (images of `height x width`).
-    pub fn params(&self, height: u32, width: u32, seed: u64, epoch: u64, index: u64) -> Params {
+    /// The parameters drawn for dataset sample `index` of `epoch` (images of `height x width`;
+    /// [`Prepared::params`] is the public form).
+    fn params(&self, height: u32, width: u32, seed: u64, epoch: u64, index: u64) -> Params {
         let (hh, ww) = (height as i64, width as i64);
         let mut rng = SplitMix64::new(mix(&[seed, epoch, index, TRANSFORM_STREAM]));
         let mut p = Params {
@@ -382,6 +496,7 @@ impl Transform {
             height,
             width,
             flip: false,
+            vertical_flip: false,
         };
         if let Some((h, w)) = self.random_crop {
             let pad = self.padding as i64;
@@ -393,6 +508,7 @@ impl Transform {
                 height: h,
                 width: w,
                 flip: false,
+                vertical_flip: false,
             };
         } else if self.random_resized_crop.is_some() {
             let (top, left, h, w) = self.rrc_params(&mut rng, height, width);
@@ -402,6 +518,7 @@ impl Transform {
                 height: h,
                 width: w,
                 flip: false,
+                vertical_flip: false,
             };
         } else if let Some((h, w)) = self.center_crop {
             p = Params {
@@ -410,10 +527,14 @@ impl Transform {
                 height: h,
                 width: w,
                 flip: false,
+                vertical_flip: false,
             };
         }
-        if self.hflip > 0.0 {
-            p.flip = rng.next_f64() < self.hflip;
+        if self.horizontal_flip > 0.0 {
+            p.flip = rng.next_f64() < self.horizontal_flip;
+        }
+        if self.vertical_flip > 0.0 {
+            p.vertical_flip = rng.next_f64() < self.vertical_flip;
         }
         p
     }
@@ -455,13 +576,19 @@ impl Transform {
         self.validate(height, width, channels)?;
         let c = channels as usize;
         let lut = match self.dtype {
-            DType::Uint8 if self.layout == Layout::Nhwc => Lut::Direct,
+            DType::Uint8 if self.layout.memory() == Layout::Nhwc => Lut::Direct,
             DType::Uint8 => Lut::U8(vec![std::array::from_fn(|v| v as u8); c]),
             DType::Float32 => Lut::F32(self.float_lut(c)),
-            DType::Float16 => Lut::F16(
+            DType::Float16 => Lut::Bits16(
                 self.float_lut(c)
                     .iter()
                     .map(|t| std::array::from_fn(|v| half::f16::from_f32(t[v]).to_bits()))
+                    .collect(),
+            ),
+            DType::BFloat16 => Lut::Bits16(
+                self.float_lut(c)
+                    .iter()
+                    .map(|t| std::array::from_fn(|v| half::bf16::from_f32(t[v]).to_bits()))
                     .collect(),
             ),
         };
@@ -502,16 +629,6 @@ fn center_offset(size: i64, crop: i64) -> i64 {
     }
 }
 
-/// Conversion of a finished uint8 HWC row into the output element type: one table per channel.
-enum Lut {
-    /// uint8 NHWC: rows are written straight into the output.
-    Direct,
-    U8(Vec<[u8; 256]>),
-    F32(Vec<[f32; 256]>),
-    /// float16 bit patterns.
-    F16(Vec<[u16; 256]>),
-}
-
 /// A [`Transform`] compiled for one image geometry: conversion tables computed once.
 pub struct Prepared {
     transform: Transform,
@@ -524,18 +641,11 @@ pub struct Prepared {
     lut: Lut,
 }
 
-thread_local! {
-    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
-    /// One output row (uint8 HWC) before conversion.
-    static ROW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// A resized crop (uint8 HWC) before conversion.
-    static RESIZED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
 impl Prepared {
     /// Check that batches of `batch_size` images fit: one batch at most [`MAX_BATCH_BYTES`],
-    /// and the `buffers` batches a loader can hold at once (`prefetch + 2`: the queue, the one
-    /// being assembled, the one the consumer holds) at most half of [`memory_limit`]. An error
+    /// and the `buffers` batches a loader can hold at once
+    /// ([`crate::LoaderConfig::buffers_held`]: the queue, the one being assembled, those the
+    /// consumer holds) at most half of [`memory_limit`]. An error
     /// names the options instead of an abort or an out-of-memory kill at the first batch.
     pub fn check_batch_memory(&self, batch_size: usize, buffers: usize) -> Result<()> {
         let sample = self.sample_bytes() as u128;
@@ -565,7 +675,7 @@ impl Prepared {
             if total > limit as u128 / 2 {
                 return Err(Error::invalid(format!(
                     "{} make batches of {}; the loader holds up to {buffers} of them (prefetch \
-                     + 2), {}, over half of this machine's memory ({} of {}); lower \
+                     + 2, + device_prefetch + 1 with a device), {}, over half of this machine's memory ({} of {}); lower \
                      batch_size, prefetch or the output size",
                     what(),
                     gib(batch),
@@ -578,6 +688,7 @@ impl Prepared {
         Ok(())
     }
 
+    /// The transform this was compiled from.
     pub fn transform(&self) -> &Transform {
         &self.transform
     }
@@ -587,321 +698,33 @@ impl Prepared {
     }
     /// Bytes of one output image.
     pub fn sample_bytes(&self) -> usize {
-        self.transform
-            .sample_bytes(self.src_h, self.src_w, self.channels)
+        self.out_h as usize * self.out_w as usize * self.channels as usize * self.dtype().size()
     }
-    /// Shape of a batch of `n` output images, in the output layout.
+    /// Element type of the output images.
+    pub fn dtype(&self) -> DType {
+        self.transform.dtype
+    }
+    /// Layout of the output batches.
+    pub fn layout(&self) -> Layout {
+        self.transform.layout
+    }
+    /// Shape of a batch of `n` output images in the output layout: `[n, H, W, C]` (NHWC) or
+    /// `[n, C, H, W]` (NCHW, and channels-last, whose memory is NHWC's).
     pub fn batch_shape(&self, n: usize) -> [usize; 4] {
-        self.transform
-            .batch_shape(n, self.src_h, self.src_w, self.channels)
+        let (h, w, c) = (
+            self.out_h as usize,
+            self.out_w as usize,
+            self.channels as usize,
+        );
+        match self.transform.layout {
+            Layout::Nhwc => [n, h, w, c],
+            Layout::Nchw | Layout::ChannelsLast => [n, c, h, w],
+        }
     }
     /// Parameters drawn for dataset sample `index` of `epoch`.
     pub fn params(&self, seed: u64, epoch: u64, index: u64) -> Params {
         self.transform
             .params(self.src_h, self.src_w, seed, epoch, index)
-    }
-
-    /// Write the transformed image of `src` (one packed record) into `out` (`sample_bytes()`
-    /// long, aligned for the output type).
-    pub fn apply(&self, src: &[u8], p: &Params, out: &mut [u8]) -> Result<()> {
-        let (sh, sw) = (self.src_h, self.src_w);
-        let (oh, ow) = (self.out_h as usize, self.out_w as usize);
-        let c = self.channels as usize;
-        if src.len() != sh as usize * sw as usize * c || out.len() != self.sample_bytes() {
-            return Err(Error::invalid(
-                "transform: record or output slot has the wrong size",
-            ));
-        }
-        let rrc = self.transform.random_resized_crop.is_some();
-        let row_bytes = c * ow;
-        if let Lut::Direct = self.lut {
-            if rrc && !p.flip {
-                resize_crop(src, (sh, sw, c), p, out, (oh as u32, ow as u32))?;
-            } else if rrc {
-                RESIZED.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    buf.resize(oh * row_bytes, 0);
-                    resize_crop(src, (sh, sw, c), p, &mut buf, (oh as u32, ow as u32))?;
-                    let rows = out
-                        .chunks_exact_mut(row_bytes)
-                        .zip(buf.chunks_exact(row_bytes));
-                    rows.for_each(|(d, s)| copy_reversed(d, s, c));
-                    Ok::<_, Error>(())
-                })?;
-            } else {
-                for (y, row) in out.chunks_exact_mut(row_bytes).enumerate() {
-                    fill_row(src, (sh, sw, c), p.top + y as i64, p.left, p.flip, row);
-                }
-            }
-            return Ok(());
-        }
-        ROW.with(|row| {
-            let mut row = row.borrow_mut();
-            row.resize(row_bytes, 0);
-            let mut emit = |img: &[u8], (ih, iw): (u32, u32), top: i64, left: i64| {
-                for y in 0..oh {
-                    fill_row(img, (ih, iw, c), top + y as i64, left, p.flip, &mut row[..]);
-                    match &self.lut {
-                        Lut::Direct => unreachable!(),
-                        Lut::U8(t) => store(t, &row, y, oh, self.transform.layout, &mut *out),
-                        Lut::F32(t) => {
-                            store(t, &row, y, oh, self.transform.layout, cast(&mut *out))
-                        }
-                        Lut::F16(t) => {
-                            store(t, &row, y, oh, self.transform.layout, cast(&mut *out))
-                        }
-                    }
-                }
-            };
-            if rrc {
-                RESIZED.with(|buf| {
-                    let mut buf = buf.borrow_mut();
-                    buf.resize(oh * row_bytes, 0);
-                    resize_crop(src, (sh, sw, c), p, &mut buf, (oh as u32, ow as u32))?;
-                    emit(&buf, (oh as u32, ow as u32), 0, 0);
-                    Ok(())
-                })
-            } else {
-                emit(src, (sh, sw), p.top, p.left);
-                Ok(())
-            }
-        })
-    }
-}
-
-/// View an output slot as elements of `T` (the pool's buffers and slot sizes keep it aligned).
-fn cast<T: Copy>(out: &mut [u8]) -> &mut [T] {
-    // SAFETY: `T` is only ever `f32` or `u16`, for which every bit pattern is valid.
-    let (head, body, tail) = unsafe { out.align_to_mut::<T>() };
-    assert!(
-        head.is_empty() && tail.is_empty(),
-        "output buffer is not aligned for its element type"
-    );
-    body
-}
-
-/// Resize the crop `p` of `src` (HWC, `sh x sw x c`) to `dst` (`oh x ow`): antialiased
-/// bilinear, Pillow's convolution resize, on the crop alone (as `F.resized_crop` crops, then
-/// resizes), every channel on its own (alpha included, as a tensor resize does).
-fn resize_crop(
-    src: &[u8],
-    (sh, sw, c): (u32, u32, usize),
-    p: &Params,
-    dst: &mut [u8],
-    (oh, ow): (u32, u32),
-) -> Result<()> {
-    let bad = |e: &dyn std::fmt::Display| Error::invalid(format!("random_resized_crop: {e}"));
-    let pt = match c {
-        1 => PixelType::U8,
-        2 => PixelType::U8x2,
-        3 => PixelType::U8x3,
-        _ => PixelType::U8x4,
-    };
-    let src = ImageRef::new(sw, sh, src, pt).map_err(|e| bad(&e))?;
-    let crop = CroppedImage::new(&src, p.left as u32, p.top as u32, p.width, p.height)
-        .map_err(|e| bad(&e))?;
-    let mut dst = Image::from_slice_u8(ow, oh, dst, pt).map_err(|e| bad(&e))?;
-    let opts = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .use_alpha(false);
-    RESIZER
-        .with(|r| r.borrow_mut().resize(&crop, &mut dst, &opts))
-        .map_err(|e| bad(&e))
-}
-
-/// Output row (uint8 HWC, `dst.len() / c` pixels) taken from row `sy` of `src` (HWC,
-/// `sh x sw x c`) starting at column `left`, zeros outside the image, mirrored if `flip`.
-fn fill_row(
-    src: &[u8],
-    (sh, sw, c): (u32, u32, usize),
-    sy: i64,
-    left: i64,
-    flip: bool,
-    dst: &mut [u8],
-) {
-    let ow = (dst.len() / c) as i64;
-    // Output columns [x0, x1) read source columns left + x.
-    let x0 = (-left).clamp(0, ow);
-    let x1 = (sw as i64 - left).clamp(x0, ow);
-    if sy < 0 || sy >= sh as i64 || x0 == x1 {
-        dst.fill(0);
-        return;
-    }
-    let row = &src[sy as usize * sw as usize * c..][..sw as usize * c];
-    let seg = &row[c * (left + x0) as usize..c * (left + x1) as usize];
-    let (a, b) = if flip { (ow - x1, ow - x0) } else { (x0, x1) };
-    let (a, b) = (c * a as usize, c * b as usize);
-    dst[..a].fill(0);
-    if flip {
-        copy_reversed(&mut dst[a..b], seg, c);
-    } else {
-        dst[a..b].copy_from_slice(seg);
-    }
-    dst[b..].fill(0);
-}
-
-/// `dst` = the `c`-channel pixels of `src` in reverse order (same length).
-fn copy_reversed(dst: &mut [u8], src: &[u8], c: usize) {
-    match c {
-        3 => copy_reversed_rgb(dst, src),
-        1 => dst
-            .iter_mut()
-            .zip(src.iter().rev())
-            .for_each(|(d, s)| *d = *s),
-        4 => {
-            let pixels = dst.chunks_exact_mut(4).zip(src.chunks_exact(4).rev());
-            pixels.for_each(|(d, s)| d.copy_from_slice(s));
-        }
-        _ => {
-            let pixels = dst.chunks_exact_mut(c).zip(src.chunks_exact(c).rev());
-            pixels.for_each(|(d, s)| d.copy_from_slice(s));
-        }
-    }
-}
-
-/// `dst` = the RGB pixels of `src` in reverse order (same length).
-fn copy_reversed_rgb(dst: &mut [u8], src: &[u8]) {
-    assert_eq!(dst.len(), src.len());
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("ssse3") {
-        // SAFETY: the CPU has SSSE3 (checked just above).
-        let done = unsafe { copy_reversed_rgb_ssse3(dst, src) };
-        // The first `done` pixels of `dst` are the last `done` of `src`.
-        let n = src.len() - 3 * done;
-        copy_reversed_rgb_scalar(&mut dst[3 * done..], &src[..n]);
-        return;
-    }
-    copy_reversed_rgb_scalar(dst, src);
-}
-
-/// Five pixels per step with one byte shuffle; returns the pixels done (a multiple of 5, the
-/// rest is left to the caller). Loads and stores 16 bytes for 15, so it stops while both stay
-/// inside the slices.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "ssse3")]
-unsafe fn copy_reversed_rgb_ssse3(dst: &mut [u8], src: &[u8]) -> usize {
-    use std::arch::x86_64::_mm_storeu_si128;
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_setr_epi8, _mm_shuffle_epi8};
-    // Register byte 1 + 3 * (4 - q) + c (source pixel 4 - q of the block, loaded from one byte
-    // before it) goes to byte 3 * q + c; byte 15 is junk, overwritten by the next store.
-    let mask = _mm_setr_epi8(13, 14, 15, 10, 11, 12, 7, 8, 9, 4, 5, 6, 1, 2, 3, 0);
-    let n = src.len() / 3;
-    let mut k = 0;
-    while k + 6 <= n {
-        // Source pixels n-5-k .. n-1-k, loaded from the byte before the first.
-        let from = 3 * (n - 5 - k) - 1;
-        // SAFETY: both slices are `3 * n` bytes; `k + 6 <= n` gives `from >= 2`,
-        // `from + 16 = 3 * (n - k) <= 3 * n` and `3 * k + 16 <= 3 * n`. Unaligned accesses.
-        unsafe {
-            let v = _mm_loadu_si128(src.as_ptr().add(from) as *const __m128i);
-            let r = _mm_shuffle_epi8(v, mask);
-            _mm_storeu_si128(dst.as_mut_ptr().add(3 * k) as *mut __m128i, r);
-        }
-        k += 5;
-    }
-    k
-}
-
-fn copy_reversed_rgb_scalar(dst: &mut [u8], src: &[u8]) {
-    // Four pixels (12 bytes) per step: fixed-size moves the compiler turns into plain loads.
-    let mut d = dst.chunks_exact_mut(12);
-    let mut s = src.rchunks_exact(12);
-    for (d, s) in (&mut d).zip(&mut s) {
-        d[0..3].copy_from_slice(&s[9..12]);
-        d[3..6].copy_from_slice(&s[6..9]);
-        d[6..9].copy_from_slice(&s[3..6]);
-        d[9..12].copy_from_slice(&s[0..3]);
-    }
-    let (d, s) = (d.into_remainder(), s.remainder());
-    for (d, s) in d.chunks_exact_mut(3).zip(s.rchunks_exact(3)) {
-        d.copy_from_slice(s);
-    }
-}
-
-/// Convert one uint8 HWC row (`y` of `oh`) through `lut` (one table per channel) into `out`
-/// (one output image).
-fn store<T: Copy>(
-    lut: &[[T; 256]],
-    row: &[u8],
-    y: usize,
-    oh: usize,
-    layout: Layout,
-    out: &mut [T],
-) {
-    match lut.len() {
-        3 => store_rgb(lut.try_into().unwrap(), row, y, oh, layout, out),
-        1 => store_n::<T, 1>(lut.try_into().unwrap(), row, y, oh, layout, out),
-        4 => store_n::<T, 4>(lut.try_into().unwrap(), row, y, oh, layout, out),
-        2 => store_n::<T, 2>(lut.try_into().unwrap(), row, y, oh, layout, out),
-        c => unreachable!("{c} channels"),
-    }
-}
-
-/// [`store`] for `C` channels.
-fn store_n<T: Copy, const C: usize>(
-    lut: &[[T; 256]; C],
-    row: &[u8],
-    y: usize,
-    oh: usize,
-    layout: Layout,
-    out: &mut [T],
-) {
-    let ow = row.len() / C;
-    match layout {
-        Layout::Nhwc => {
-            let o = &mut out[y * ow * C..][..ow * C];
-            for (d, s) in o.chunks_exact_mut(C).zip(row.chunks_exact(C)) {
-                for k in 0..C {
-                    d[k] = lut[k][s[k] as usize];
-                }
-            }
-        }
-        Layout::Nchw => {
-            let plane = oh * ow;
-            for (k, t) in lut.iter().enumerate() {
-                let o = &mut out[k * plane + y * ow..][..ow];
-                for (d, s) in o.iter_mut().zip(row.chunks_exact(C)) {
-                    *d = t[s[k] as usize];
-                }
-            }
-        }
-    }
-}
-
-/// [`store`] for RGB.
-fn store_rgb<T: Copy>(
-    lut: &[[T; 256]; 3],
-    row: &[u8],
-    y: usize,
-    oh: usize,
-    layout: Layout,
-    out: &mut [T],
-) {
-    let ow = row.len() / 3;
-    match layout {
-        Layout::Nhwc => {
-            let o = &mut out[y * ow * 3..][..ow * 3];
-            for (d, s) in o.chunks_exact_mut(3).zip(row.chunks_exact(3)) {
-                d[0] = lut[0][s[0] as usize];
-                d[1] = lut[1][s[1] as usize];
-                d[2] = lut[2][s[2] as usize];
-            }
-        }
-        Layout::Nchw => {
-            let plane = oh * ow;
-            let (r, rest) = out.split_at_mut(plane);
-            let (g, b) = rest.split_at_mut(plane);
-            let (r, g, b) = (
-                &mut r[y * ow..][..ow],
-                &mut g[y * ow..][..ow],
-                &mut b[y * ow..][..ow],
-            );
-            for (x, s) in row.chunks_exact(3).enumerate() {
-                r[x] = lut[0][s[0] as usize];
-                g[x] = lut[1][s[1] as usize];
-                b[x] = lut[2][s[2] as usize];
-            }
-        }
     }
 }
 
@@ -952,7 +775,7 @@ mod tests {
             let t = Transform {
                 random_crop: Some(size),
                 padding: 3,
-                hflip: 0.5,
+                horizontal_flip: 0.5,
                 ..Default::default()
             };
             let prep = t.prepare(sh, sw, 3).unwrap();
@@ -1005,7 +828,7 @@ mod tests {
                     let t = Transform {
                         random_crop: Some((4, 5)),
                         padding: 2,
-                        hflip: 0.5,
+                        horizontal_flip: 0.5,
                         mean: if float { mean.clone() } else { vec![] },
                         std: if float { std.clone() } else { vec![] },
                         dtype,
@@ -1016,7 +839,7 @@ mod tests {
                     let shape = prep.batch_shape(2);
                     match layout {
                         Layout::Nhwc => assert_eq!(shape, [2, 4, 5, c]),
-                        Layout::Nchw => assert_eq!(shape, [2, c, 4, 5]),
+                        _ => assert_eq!(shape, [2, c, 4, 5]),
                     }
                     for i in 0..40 {
                         let p = prep.params(1, 0, i);
@@ -1034,10 +857,10 @@ mod tests {
                             let (pix, k) = (j / c, j % c);
                             let at = match layout {
                                 Layout::Nhwc => j,
-                                Layout::Nchw => k * 20 + pix,
+                                _ => k * 20 + pix,
                             };
                             if float {
-                                let f: &[f32] = cast(bytes);
+                                let f: &[f32] = kernels::cast(bytes);
                                 assert_eq!(f[at], (v as f32 / 255.0 - mean[k]) / std[k]);
                             } else {
                                 assert_eq!(bytes[at], v, "c {c} {layout:?} {p:?}");
@@ -1051,7 +874,7 @@ mod tests {
                 random_resized_crop: Some((3, 3)),
                 scale: (0.1, 0.2),
                 ratio: (1.0, 1.0),
-                hflip: 0.5,
+                horizontal_flip: 0.5,
                 ..Default::default()
             };
             let prep = t.prepare(sh, sw, c as u32).unwrap();
@@ -1084,17 +907,6 @@ mod tests {
         }
         assert!(Transform::default().validate(8, 8, 1).is_ok());
         assert!(Transform::default().validate(8, 8, 5).is_err());
-    }
-
-    #[test]
-    fn reversed_copy_of_every_length() {
-        for n in 0..70usize {
-            let src: Vec<u8> = (0..3 * n).map(|b| (b * 7 + 1) as u8).collect();
-            let mut dst = vec![0u8; 3 * n];
-            copy_reversed_rgb(&mut dst, &src);
-            let want: Vec<u8> = src.chunks(3).rev().flatten().copied().collect();
-            assert_eq!(dst, want, "{n} pixels");
-        }
     }
 
     #[test]
@@ -1133,7 +945,7 @@ mod tests {
             };
             let p = prep.params(0, 0, 0);
             prep.apply(&src, &p, bytes).unwrap();
-            let f: &[f32] = cast(bytes);
+            let f: &[f32] = kernels::cast(bytes);
             for y in 0..sh as usize {
                 for x in 0..sw as usize {
                     for c in 0..3 {
@@ -1141,7 +953,7 @@ mod tests {
                         let want = (v / 255.0 - mean[c]) / std[c];
                         let at = match layout {
                             Layout::Nhwc => (y * sw as usize + x) * 3 + c,
-                            Layout::Nchw => c * (sh * sw) as usize + y * sw as usize + x,
+                            _ => c * (sh * sw) as usize + y * sw as usize + x,
                         };
                         assert_eq!(f[at], want);
                     }
@@ -1154,7 +966,7 @@ mod tests {
     fn params_depend_on_seed_epoch_and_index_only() {
         let t = Transform {
             random_resized_crop: Some((8, 8)),
-            hflip: 0.5,
+            horizontal_flip: 0.5,
             ..Default::default()
         };
         let a = t.params(40, 30, 1, 2, 3);
@@ -1170,6 +982,105 @@ mod tests {
             assert!(p.top >= 0 && p.top + p.height as i64 <= 40);
             assert!(p.left >= 0 && p.left + p.width as i64 <= 30);
         }
+    }
+
+    #[test]
+    fn option_strings_parse_with_every_choice_listed() {
+        assert_eq!("float16".parse::<DType>().unwrap(), DType::Float16);
+        assert_eq!("bfloat16".parse::<DType>().unwrap(), DType::BFloat16);
+        let e = "float64".parse::<DType>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "dtype must be one of 'uint8', 'float32', 'float16' or 'bfloat16', got \"float64\""
+        );
+        assert_eq!("nchw".parse::<Layout>().unwrap(), Layout::Nchw);
+        let e = "CHW".parse::<Layout>().unwrap_err().to_string();
+        assert!(e.contains("layout must be one of 'NHWC' or 'NCHW'"), "{e}");
+        let cl = Layout::Nchw.with_channels_last(true).unwrap();
+        assert_eq!((cl, cl.memory()), (Layout::ChannelsLast, Layout::Nhwc));
+        assert!(Layout::Nhwc.with_channels_last(true).is_err());
+    }
+
+    #[test]
+    fn channels_last_is_nhwc_memory_in_an_nchw_shape() {
+        let t = Transform {
+            layout: Layout::ChannelsLast,
+            ..Default::default()
+        };
+        assert!(t.is_identity());
+        let prep = t.prepare(4, 5, 3).unwrap();
+        assert_eq!(prep.batch_shape(2), [2, 3, 4, 5]);
+        let mut key = String::new();
+        t.write_resume_text(&mut key);
+        assert!(key.ends_with("output uint8 NHWC\n"), "{key}");
+    }
+
+    #[test]
+    fn vertical_flip_mirrors_the_rows_of_the_crop() {
+        let (sh, sw) = (5, 7);
+        let src = image(sh, sw);
+        for rrc in [false, true] {
+            let t = Transform {
+                random_crop: (!rrc).then_some((3, 4)),
+                padding: if rrc { 0 } else { 2 },
+                random_resized_crop: rrc.then_some((3, 3)),
+                scale: (0.1, 0.2),
+                ratio: (1.0, 1.0),
+                horizontal_flip: 0.5,
+                vertical_flip: 0.5,
+                ..Default::default()
+            };
+            let plain = Transform {
+                vertical_flip: 0.0,
+                ..t.clone()
+            };
+            let (prep, plain) = (
+                t.prepare(sh, sw, 3).unwrap(),
+                plain.prepare(sh, sw, 3).unwrap(),
+            );
+            let mut flips = 0;
+            for i in 0..200 {
+                let p = prep.params(3, 1, i);
+                // The flip draws after everything else: the crop and the horizontal flip stay.
+                let q = plain.params(3, 1, i);
+                assert_eq!(
+                    (p.top, p.left, p.height, p.width, p.flip),
+                    (q.top, q.left, q.height, q.width, q.flip)
+                );
+                flips += p.vertical_flip as u32;
+                let (mut a, mut b) = (
+                    vec![0u8; prep.sample_bytes()],
+                    vec![0u8; prep.sample_bytes()],
+                );
+                prep.apply(&src, &p, &mut a).unwrap();
+                plain.apply(&src, &q, &mut b).unwrap();
+                let row = 3 * prep.batch_shape(1)[2]; // output pixels per row
+                let mut want: Vec<&[u8]> = b.chunks(row).collect();
+                if p.vertical_flip {
+                    want.reverse();
+                }
+                assert_eq!(a, want.concat(), "{p:?}");
+            }
+            assert!((60..140).contains(&flips), "{flips} flips of 200");
+        }
+        let bad = Transform {
+            vertical_flip: -0.5,
+            ..Default::default()
+        };
+        assert!(bad
+            .validate(8, 8, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("vertical_flip"));
+        let on = Transform {
+            vertical_flip: 0.5,
+            ..Default::default()
+        };
+        assert!(!on.is_identity());
+        let (mut a, mut b) = (String::new(), String::new());
+        on.write_resume_text(&mut a);
+        Transform::default().write_resume_text(&mut b);
+        assert!(a.contains("vflip 3fe0000000000000") && !b.contains("vflip"));
     }
 
     #[test]
@@ -1198,7 +1109,7 @@ mod tests {
                 ..Default::default()
             },
             Transform {
-                hflip: 1.5,
+                horizontal_flip: 1.5,
                 ..Default::default()
             },
             Transform {
