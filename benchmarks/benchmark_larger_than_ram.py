@@ -48,7 +48,7 @@ CONFIGS = {  # name: (codec, order, readahead: None = the default)
 # Room in the limit beside the pack's page cache budget for the child's kernel memory (page
 # tables, thread stacks: v1 charges them) and the code pages it runs (python, numpy, torch,
 # vantix). Without it those compete with the pack for the budget; in smoke mode (a budget of
-# under 1 MB) the child thrashed on its own code for minutes and was sometimes OOM-killed.
+# under 1 MB) the child thrashed on its own code (~90 s a run) and was sometimes OOM-killed.
 HEADROOM = 64 << 20
 GOALS = {
     "random_vs_no_readahead": 3.0,  # at least: raw random images/s, readahead on / off
