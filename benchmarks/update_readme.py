@@ -71,6 +71,16 @@ def met(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
 
+def goals_table(goals: dict[str, Any], at_most: str) -> list[str]:
+    """The goals ``common.check_goals`` wrote, one row each: ``at_most`` names the goal met at
+    or below its target, every other one is met at or above it."""
+    out = ["", "| Goal | value | target | met |", "|---|---:|---:|---|"]
+    for key, g in goals.items():
+        sign = "<=" if key == at_most else ">="
+        out.append(f"| `{key}` | {g['value']:.2f} | {sign} {g['target']:g} | {met(g['met'])} |")
+    return out + [""]
+
+
 def command(data: dict[str, Any]) -> str:
     args = list(data.get("parameters", {}).get("command") or [])
     if not args:
@@ -316,11 +326,7 @@ def render_gpu(data: dict[str, Any]) -> list[str]:
             f"| {name} | {tv['mean_epoch_seconds']:.2f} | {vx['mean_epoch_seconds']:.2f} | "
             f"{ratio(m['speedup'])} | {tv['busy_fraction']:.0%} | {vx['busy_fraction']:.0%} |"
         )
-    out += ["", "| Goal | value | target | met |", "|---|---:|---:|---|"]
-    for key, g in data["goals"].items():
-        sign = "<=" if key == "overlap_step_ratio" else ">="
-        out.append(f"| `{key}` | {g['value']:.2f} | {sign} {g['target']:g} | {met(g['met'])} |")
-    out.append("")
+    out += goals_table(data["goals"], at_most="overlap_step_ratio")
     chart = data.get("chart")
     if chart and (ROOT / chart).exists():
         out += [f"![Images/s into the GPU]({rel_link(ROOT / chart)})", ""]
@@ -367,11 +373,7 @@ def render_larger_than_ram(data: dict[str, Any]) -> list[str]:
             f"{rate(r['images_per_s'])} | {r['mb_per_s']:,.0f} | "
             f"{r['read_amplification']:.2f}x |"
         )
-    out += ["", "| Goal | value | target | met |", "|---|---:|---:|---|"]
-    for key, g in data["goals"].items():
-        sign = "<=" if key == "random_read_amplification" else ">="
-        out.append(f"| `{key}` | {g['value']:.2f} | {sign} {g['target']:g} | {met(g['met'])} |")
-    out.append("")
+    out += goals_table(data["goals"], at_most="random_read_amplification")
     return out
 
 
